@@ -1,0 +1,351 @@
+"""Run configuration: one JSON file with `model`, `data`, `train` and `deepspeed` sections.
+
+`model`, `data` and `train` have typed schemas (the dataclasses below, whose defaults are the
+paper's stage-1 settings); `deepspeed` is handed to `deepspeed.initialize` as DeepSpeed documents
+it, with the batch fields derived from `train` when the file leaves them out.
+
+A config that cannot run is refused before any work: an unknown key, a wrong type or an impossible
+value raises `ConfigError` with a message naming the file, the key and the value. Any value can be
+overridden on the command line as `section.key=value` (nested keys allowed, the value parsed as
+JSON where it parses, else taken as a string).
+
+This module is a leaf: it imports nothing else from `mavil`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+FUSIONS = ("vanilla", "mbt")
+ATTENTION_BACKENDS = ("auto", "xformers", "sdpa", "math")
+DEEPSPEED_BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run. The message names the key and the offending value."""
+
+
+def num_visible(num_tokens: int, mask_ratio: float) -> int:
+    """Tokens an encoder sees at `mask_ratio`: round(N * (1 - ratio)), halves rounded up.
+
+    The paper's counts: 512 audio tokens at 80% -> 102 (103 with [CLS]), 784 video tokens -> 157 (158).
+    """
+    return int(math.floor(num_tokens * (1.0 - mask_ratio) + 0.5))
+
+
+@dataclass
+class ModelConfig:
+    """The network and its losses (paper §3, §4.2, App. B). Defaults: stage-1 MAViL with ViT-B encoders."""
+
+    stage: int = 1  # 1: raw targets (Eq. 4); 2: the frozen teacher's fusion outputs (Eq. 6)
+    teacher: Optional[str] = None  # stage 2: consolidated .safetensors of a stage-1 model
+    # inputs: spectrogram 1 x frames x mel bins, video 3 x frames x size x size
+    audio_frames: int = 1024
+    audio_mel_bins: int = 128
+    audio_patch: list[int] = field(default_factory=lambda: [16, 16])  # time, frequency
+    video_frames: int = 8
+    video_size: int = 224
+    video_patch: list[int] = field(default_factory=lambda: [2, 16, 16])  # time, height, width
+    # uni-modal encoders (one per modality) and the fusion encoder
+    encoder_dim: int = 768
+    encoder_depth: int = 12
+    encoder_heads: int = 12
+    fusion: str = "vanilla"  # "vanilla" (joint attention) or "mbt" (bottleneck tokens)
+    fusion_depth: int = 2
+    bottleneck_tokens: int = 4  # mbt only
+    # decoders (one per modality)
+    decoder_dim: int = 512
+    decoder_depth: int = 8
+    decoder_heads: int = 16
+    mlp_ratio: float = 4.0
+    drop_path: float = 0.0
+    attention: str = "auto"  # "auto", "xformers", "sdpa" or "math"
+    # masking and losses
+    mask_ratio: float = 0.8
+    norm_pix_loss: bool = True  # normalise each target token by its own mean and variance
+    alpha: float = 0.1  # weight of the inter-modal InfoNCE
+    tau_inter: float = 0.1
+    beta: float = 0.01  # weight of the intra-modal InfoNCE
+    tau_intra: float = 1.0
+    contrastive_symmetric: bool = False  # Eq. 2 is one-directional; True averages both directions
+
+    @property
+    def audio_tokens(self) -> int:
+        return (self.audio_frames // self.audio_patch[0]) * (self.audio_mel_bins // self.audio_patch[1])
+
+    @property
+    def video_tokens(self) -> int:
+        t, h, w = self.video_patch
+        return (self.video_frames // t) * (self.video_size // h) * (self.video_size // w)
+
+    def validate(self, check: _Checker) -> None:
+        check.choice("stage", self.stage, (1, 2))
+        if self.stage == 2:
+            check.that("teacher", self.teacher, self.teacher is not None, "stage 2 needs the path of a stage-1 weights file")
+            check.that("teacher", self.teacher, Path(self.teacher).is_file(), "no such file")
+        for key in ("audio_frames", "audio_mel_bins", "video_frames", "video_size",
+                    "encoder_dim", "encoder_depth", "encoder_heads", "decoder_dim", "decoder_depth", "decoder_heads"):
+            check.positive(key, getattr(self, key))
+        check.that("fusion_depth", self.fusion_depth, self.fusion_depth >= 0, "must be >= 0")
+        check.length("audio_patch", self.audio_patch, 2)
+        check.length("video_patch", self.video_patch, 3)
+        for key in ("audio_patch", "video_patch"):
+            check.that(key, getattr(self, key), all(p > 0 for p in getattr(self, key)), "patch sizes must be positive")
+        inputs = {"audio_patch": (self.audio_frames, self.audio_mel_bins),
+                  "video_patch": (self.video_frames, self.video_size, self.video_size)}
+        for key, size in inputs.items():
+            patch = getattr(self, key)
+            check.that(key, patch, all(s % p == 0 for s, p in zip(size, patch)),
+                       f"patch does not divide the input size {list(size)}")
+        for prefix in ("encoder", "decoder"):
+            dim, heads = getattr(self, f"{prefix}_dim"), getattr(self, f"{prefix}_heads")
+            check.that(f"{prefix}_heads", heads, dim % heads == 0, f"must divide {prefix}_dim={dim}")
+            check.that(f"{prefix}_dim", dim, dim % 2 == 0, "must be even (sin-cos positions)")
+        check.choice("fusion", self.fusion, FUSIONS)
+        if self.fusion == "mbt":
+            check.positive("bottleneck_tokens", self.bottleneck_tokens)
+        check.choice("attention", self.attention, ATTENTION_BACKENDS)
+        check.positive("mlp_ratio", self.mlp_ratio)
+        check.that("drop_path", self.drop_path, 0.0 <= self.drop_path < 1.0, "must be in [0, 1)")
+        check.that("mask_ratio", self.mask_ratio, 0.0 < self.mask_ratio < 1.0, "must be in (0, 1)")
+        self._validate_visible(check)
+        for key in ("alpha", "beta"):
+            check.that(key, getattr(self, key), getattr(self, key) >= 0, "must be >= 0")
+        for key in ("tau_inter", "tau_intra"):
+            check.positive(key, getattr(self, key))
+
+    def _validate_visible(self, check: _Checker) -> None:
+        for name, tokens in (("audio", self.audio_tokens), ("video", self.video_tokens)):
+            visible = num_visible(tokens, self.mask_ratio)
+            check.that("mask_ratio", self.mask_ratio, visible >= 1, f"leaves no visible {name} token of {tokens}")
+            if self.beta > 0:  # the intra-modal second view is drawn from the masked tokens, disjoint from the first
+                check.that("mask_ratio", self.mask_ratio, 2 * visible <= tokens,
+                           f"two disjoint views of {visible} {name} tokens do not fit in {tokens} (needs mask_ratio >= 0.5 while beta > 0)")
+
+
+@dataclass
+class DataConfig:
+    """Where clips come from and how they are normalised and augmented (App. B, Table 10)."""
+
+    root: Optional[str] = None  # shard directory; None: the embedded synthetic dataset
+    audio_mean: float = -4.2677  # AudioSet fbank statistics; normalised as (x - mean) / (2 * std)
+    audio_std: float = 4.5690
+    sample_rate: int = 16000
+    video_fps: float = 2.0
+    crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])  # multi-scale random crop
+    flip_prob: float = 0.5
+    time_shift: bool = True  # "R": random start with cyclic rolling in time
+    num_workers: int = 4
+
+    def validate(self, check: _Checker) -> None:
+        check.positive("audio_std", self.audio_std)
+        check.positive("sample_rate", self.sample_rate)
+        check.positive("video_fps", self.video_fps)
+        check.length("crop_scale", self.crop_scale, 2)
+        low, high = self.crop_scale
+        check.that("crop_scale", self.crop_scale, 0.0 < low <= high <= 1.0, "needs 0 < min <= max <= 1")
+        check.that("flip_prob", self.flip_prob, 0.0 <= self.flip_prob <= 1.0, "must be in [0, 1]")
+        check.that("num_workers", self.num_workers, self.num_workers >= 0, "must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation (Table 10): AdamW, lr_eff = lr_base * global_batch / 256, warm-up then half-cycle cosine."""
+
+    global_batch: int = 512
+    micro_batch: int = 8  # per GPU and step; accumulation fills the rest of global_batch
+    epochs: int = 20
+    warmup_epochs: float = 4.0
+    lr_base: float = 2e-4
+    min_lr: float = 1e-6
+    weight_decay: float = 1e-5
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: Optional[float] = None  # the paper clips nothing
+    seed: int = 0
+    output_dir: str = "runs/stage1"
+
+    @property
+    def lr(self) -> float:
+        return self.lr_base * self.global_batch / 256
+
+    def validate(self, check: _Checker) -> None:
+        check.positive("global_batch", self.global_batch)
+        check.positive("micro_batch", self.micro_batch)
+        check.that("micro_batch", self.micro_batch, self.global_batch % self.micro_batch == 0,
+                   f"must divide global_batch={self.global_batch}")
+        check.positive("epochs", self.epochs)
+        check.that("warmup_epochs", self.warmup_epochs, 0 <= self.warmup_epochs <= self.epochs,
+                   f"must be in [0, epochs={self.epochs}]")
+        check.positive("lr_base", self.lr_base)
+        check.that("min_lr", self.min_lr, 0 <= self.min_lr <= self.lr,
+                   f"must be in [0, lr_base * global_batch / 256 = {self.lr:g}]")
+        check.that("weight_decay", self.weight_decay, self.weight_decay >= 0, "must be >= 0")
+        check.length("betas", self.betas, 2)
+        check.that("betas", self.betas, all(0.0 <= b < 1.0 for b in self.betas), "each must be in [0, 1)")
+        if self.grad_clip is not None:
+            check.positive("grad_clip", self.grad_clip)
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    deepspeed: dict = field(default_factory=dict)
+    source: str = "<defaults>"  # the file it came from, for messages
+
+    def to_dict(self) -> dict:
+        raw = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        raw["deepspeed"] = json.loads(json.dumps(self.deepspeed))
+        return raw
+
+
+class _Checker:
+    """Raises ConfigError for the first failed check, naming `source`, `section.key` and the value."""
+
+    def __init__(self, source: str, section: str):
+        self.source, self.section = source, section
+
+    def fail(self, key: str, value: Any, why: str) -> typing.NoReturn:
+        raise ConfigError(f"{self.source}: {self.section}.{key} = {json.dumps(value)}: {why}")
+
+    def that(self, key: str, value: Any, ok: bool, why: str) -> None:
+        if not ok:
+            self.fail(key, value, why)
+
+    def positive(self, key: str, value: Any) -> None:
+        self.that(key, value, value > 0, "must be > 0")
+
+    def choice(self, key: str, value: Any, allowed: tuple) -> None:
+        self.that(key, value, value in allowed, f"must be one of {list(allowed)}")
+
+    def length(self, key: str, value: list, n: int) -> None:
+        self.that(key, value, len(value) == n, f"must be a list of {n} numbers")
+
+
+def _coerce(value: Any, hint: Any, check: _Checker, key: str) -> Any:
+    """Returns `value` as type `hint` (int is accepted for float), or fails naming the key."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, check, key)
+    if origin is list:
+        if not isinstance(value, list):
+            check.fail(key, value, f"must be a list, got {type(value).__name__}")
+        return [_coerce(v, args[0], check, key) for v in value]
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, bool, str) and type(value) is hint:
+        return value
+    if hint is dict and isinstance(value, dict):
+        return value
+    check.fail(key, value, f"must be {hint.__name__}, got {type(value).__name__}")
+
+
+def _section_from_dict(cls: type, raw: Any, source: str, section: str):
+    check = _Checker(source, section)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: section '{section}' must be a JSON object, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"{source}: unknown key '{section}.{key}' (known keys: {', '.join(known)})")
+    values = {key: _coerce(value, hints[key], check, key) for key, value in raw.items()}
+    obj = cls(**values)
+    obj.validate(check)
+    return obj
+
+
+def model_config_from_dict(raw: Any, source: str = "<dict>") -> ModelConfig:
+    """Builds and validates the `model` section alone (as stored beside exported weights)."""
+    return _section_from_dict(ModelConfig, raw, source, "model")
+
+
+def config_from_dict(raw: Any, source: str = "<dict>") -> Config:
+    """Builds and validates a Config from parsed JSON; missing sections and keys take their defaults."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the config must be a JSON object with sections {[*SECTIONS, 'deepspeed']}")
+    for name in raw:
+        if name not in (*SECTIONS, "deepspeed"):
+            raise ConfigError(f"{source}: unknown section '{name}' (known sections: {', '.join([*SECTIONS, 'deepspeed'])})")
+    sections = {name: _section_from_dict(cls, raw.get(name, {}), source, name) for name, cls in SECTIONS.items()}
+    deepspeed = raw.get("deepspeed", {})
+    if not isinstance(deepspeed, dict):
+        raise ConfigError(f"{source}: section 'deepspeed' must be a JSON object, got {type(deepspeed).__name__}")
+    return Config(**sections, deepspeed=deepspeed, source=source)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'section.key=value' -> (['section', 'key'], value); the value is JSON where it parses, else a string."""
+    path, sep, value_text = text.partition("=")
+    keys = path.strip().split(".")
+    if not sep or len(keys) < 2 or not all(keys):
+        raise ConfigError(f"override '{text}': expected section.key=value (for example model.mask_ratio=0.7)")
+    try:
+        value = json.loads(value_text)
+    except json.JSONDecodeError:
+        value = value_text
+    return keys, value
+
+
+def apply_overrides(raw: dict, overrides: typing.Iterable[str]) -> dict:
+    """Returns a copy of `raw` with each 'section.key=value' set; unknown keys are caught by validation."""
+    raw = json.loads(json.dumps(raw))
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = raw
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{text}': '{key}' holds {json.dumps(child)}, not an object")
+            node = child
+        node[keys[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path, overrides: typing.Iterable[str] = ()) -> Config:
+    """Reads a JSON config, applies command-line overrides, validates; raises ConfigError naming the problem."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config: {err.strerror}") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+    return config_from_dict(apply_overrides(raw, overrides), source=str(path))
+
+
+def deepspeed_config(config: Config, world_size: int) -> dict:
+    """The `deepspeed` section with its batch fields derived from `train` for `world_size` ranks.
+
+    train_batch_size = global_batch, train_micro_batch_size_per_gpu = micro_batch and
+    gradient_accumulation_steps = global_batch / (micro_batch * world_size). Fields the file sets
+    itself must agree with these.
+    """
+    train = config.train
+    per_step = train.micro_batch * world_size
+    if train.global_batch % per_step:
+        raise ConfigError(f"{config.source}: train.global_batch = {train.global_batch} is not a multiple of "
+                          f"train.micro_batch * world size = {train.micro_batch} * {world_size}")
+    derived = dict(zip(DEEPSPEED_BATCH_KEYS, (train.global_batch, train.micro_batch, train.global_batch // per_step)))
+    result = json.loads(json.dumps(config.deepspeed))
+    for key, value in derived.items():
+        if key in result and result[key] != value:
+            raise ConfigError(f"{config.source}: deepspeed.{key} = {json.dumps(result[key])} disagrees with "
+                              f"{value} derived from train.global_batch, train.micro_batch and world size {world_size}")
+        result[key] = value
+    return result
