@@ -6,8 +6,7 @@
 A sanity check of the whole model path on the CPU in seconds: stage 1 trains on raw targets and
 is exported to a consolidated weights file; stage 2 loads that file as its frozen teacher and
 trains a fresh student on its fusion features. Both losses must fall. The batch is smooth random
-noise (low-resolution noise upsampled, so neighbouring patches correlate as in real inputs) of
-the configs' input shapes; the data pipeline and the DeepSpeed engine replace it in later work.
+noise (see `example_batch`) of the configs' input shapes; the data pipeline and the DeepSpeed engine replace it in later work.
 Overrides apply to both configs.
 """
 from __future__ import annotations
@@ -27,14 +26,17 @@ from .optim import param_groups
 
 
 def example_batch(cfg: ModelConfig, batch: int, seed: int) -> dict[str, torch.Tensor]:
-    """{"audio": (B, 1, T, F), "video": (B, 3, T, H, W)} smooth random inputs, deterministic by seed."""
+    """{"audio": (B, 1, T, F), "video": (B, 3, T, H, W)}: smooth random inputs of unit variance, deterministic
+    by seed. Each is noise on a grid 32x coarser than the input, interpolated up, so that a masked patch can
+    be inferred from the visible ones around it, as in real spectrograms and frames."""
     gen = torch.Generator().manual_seed(seed)
     a_size = (cfg.audio_frames, cfg.audio_mel_bins)
     v_size = (cfg.video_frames, cfg.video_size, cfg.video_size)
-    a_coarse = torch.randn(batch, 1, *[max(s // 8, 1) for s in a_size], generator=gen)
-    v_coarse = torch.randn(batch, 3, *[max(s // 8, 1) for s in v_size], generator=gen)
-    return {"audio": F.interpolate(a_coarse, size=a_size, mode="bilinear"),
-            "video": F.interpolate(v_coarse, size=v_size, mode="trilinear")}
+    a_coarse = torch.randn(batch, 1, *[max(s // 32, 2) for s in a_size], generator=gen)
+    v_coarse = torch.randn(batch, 3, *[max(s // 32, 2) for s in v_size], generator=gen)
+    audio = F.interpolate(a_coarse, size=a_size, mode="bilinear", align_corners=True)
+    video = F.interpolate(v_coarse, size=v_size, mode="trilinear", align_corners=True)
+    return {"audio": audio / audio.std(), "video": video / video.std()}
 
 
 def train_steps(model: torch.nn.Module, batch: dict, steps: int, lr: float, cfg: Config, desc: str) -> list[dict]:
@@ -67,6 +69,15 @@ def overfit(stage1: Config, stage2: Config, steps: int, lr: float, out: Path) ->
     return history
 
 
+def load_configs(stage1_path: str | Path, stage2_path: str | Path, overrides: list[str] = ()) -> tuple[Config, Config]:
+    """Both configs with `overrides`. Stage 2's teacher does not exist yet (overfit writes it), so its config
+    is validated as stage 1 and switched to stage 2 after."""
+    stage1 = load_config(stage1_path, overrides)
+    stage2 = load_config(stage2_path, [*overrides, "model.stage=1", "model.teacher=null"])
+    stage2.model.stage = 2
+    return stage1, stage2
+
+
 def report(history: dict[str, list[dict]]) -> str:
     lines = [f"{'stage':<8}{'loss part':<20}{'first':>10}{'last':>10}{'last/first':>12}"]
     for stage, steps in history.items():
@@ -85,10 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/overfit"))
     parser.add_argument("overrides", nargs="*", help="section.key=value, applied to both configs")
     args = parser.parse_args(argv)
-    try:  # stage 2's teacher is written by stage 1 below, so its config is read as stage 1 and switched after
-        stage1 = load_config(args.stage1, args.overrides)
-        stage2 = load_config(args.stage2, [*args.overrides, "model.stage=1", "model.teacher=null"])
-        stage2.model.stage = 2
+    try:
+        stage1, stage2 = load_configs(args.stage1, args.stage2, args.overrides)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
