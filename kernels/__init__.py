@@ -6,8 +6,11 @@ must equal. The Triton kernels come behind these same functions; the model calls
 - info_nce: Eq. 2 of the paper, the contrastive loss on pooled embeddings.
 - masked_mse: Eq. 1 / Eq. 5, the reconstruction loss over masked tokens, norm-pix targets optional.
 
-This package imports torch (and triton) only; it knows no model.
+Each public function runs Triton on CUDA tensors and the reference elsewhere; MAVIL_KERNELS=
+reference|triton|auto (default auto) forces a path (see `_dispatch`). This package imports torch
+and triton only; it knows no model.
 """
+from . import _dispatch  # first: it prepares Triton's interpreter before any kernel is defined
 from .info_nce import info_nce, info_nce_reference
 from .masked_gather import masked_gather, masked_gather_reference
 from .masked_mse import masked_mse, masked_mse_reference

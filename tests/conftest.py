@@ -1,12 +1,16 @@
 """Shared fixtures. Every test runs on the CPU unless marked `gpu`; those skip cleanly without CUDA."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from mavil.config import Config, load_config
+if not torch.cuda.is_available():  # Triton kernels run in its interpreter; must be set before they are defined
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from mavil.config import Config, load_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

@@ -98,7 +98,7 @@ def test_masked_mse_averages_over_masked_tokens_only(norm_pix):
     (lambda: masked_gather(torch.zeros(2, 5, 3), torch.zeros(2, 2)), "int32 or int64"),
     (lambda: masked_gather(torch.zeros(2, 5, 3), torch.zeros(2, 2, dtype=torch.long), torch.zeros(4, 3)), r"pos: expected shape \(5, 3\)"),
     (lambda: masked_restore(torch.zeros(2, 2, 3), torch.zeros(2, 5, dtype=torch.long), torch.zeros(4)), r"mask_token: expected shape \(3\)"),
-    (lambda: info_nce(torch.zeros(4, 3), torch.zeros(5, 3), 0.1), r"y: expected shape \(4, 3\)"),
+    (lambda: info_nce(torch.zeros(4, 3), torch.zeros(3, 3), 0.1), "positives of 4 queries outside 3 keys"),
     (lambda: info_nce(torch.zeros(4, 3), torch.zeros(4, 3), 0.0), "tau: must be > 0"),
     (lambda: masked_mse(torch.zeros(2, 4, 3), torch.zeros(2, 4, 3), torch.zeros(2, 5)), r"mask: expected shape \(2, 4\)"),
 ])
