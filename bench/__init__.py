@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench.kernels` (kernels against their references). Results go to bench/results/."""
