@@ -26,7 +26,7 @@ setup(
     version="0.1.0",
     description="Training engine for MAViL (Masked Audio-Video Learners)",
     python_requires=">=3.10",
-    packages=["mavil", "mavil.model", "mavil.kernels", "mavil.engine"],
+    packages=["mavil", "mavil.model", "mavil.data", "mavil.kernels", "mavil.engine"],
     package_dir={"mavil": "mavil", "mavil.kernels": "kernels", "mavil.engine": "engine"},
     install_requires=RUNTIME,
     extras_require={"dev": DEV_PINS},

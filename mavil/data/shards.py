@@ -1,0 +1,112 @@
+"""WebDataset shards: the one on-disk format that `prepare`, `synthetic` and every loader share.
+
+A dataset directory holds
+    shard-000000.tar, shard-000000.idx, ...   tar shards and their DALI index files
+    manifest.json                             what is inside (below)
+
+Per clip, tar members sharing the clip's key:
+    <key>.webm   VP9 video at 2 fps, short side 256 (decodes on CPU and GPU); or <key>.mp4 (H.264, GPU only)
+    <key>.flac   16 kHz mono audio
+    <key>.json   {"key", "labels": [class indices], "duration": seconds, "frames": n, "source": name},
+                 padded with spaces to META_BYTES so that batches of it have one shape
+
+manifest.json: {"version", "clips", "shards": [{"tar", "index", "clips"}], "label_names", "encoding",
+                "skipped": [{"source", "reason"}]}
+"""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+META_BYTES = 1024
+VIDEO_EXTS = ("webm", "mp4")
+
+
+def encode_meta(meta: dict) -> bytes:
+    raw = json.dumps(meta, separators=(",", ":")).encode()
+    if len(raw) > META_BYTES:
+        raise ValueError(f"clip {meta.get('key')}: metadata of {len(raw)} bytes exceeds {META_BYTES}")
+    return raw.ljust(META_BYTES, b" ")
+
+
+def decode_meta(raw: bytes) -> dict:
+    return json.loads(bytes(raw).decode().strip())
+
+
+class ShardWriter:
+    """Appends clips to numbered tar shards of `clips_per_shard` clips, each with its DALI index beside it."""
+
+    def __init__(self, out_dir: str | Path, clips_per_shard: int = 256):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.clips_per_shard = clips_per_shard
+        self.shards: list[dict] = []
+        self._tar: tarfile.TarFile | None = None
+        self._index_lines: list[str] = []
+
+    def add(self, key: str, video: bytes, video_ext: str, audio: bytes, meta: dict) -> None:
+        if video_ext not in VIDEO_EXTS:
+            raise ValueError(f"clip {key}: video extension {video_ext!r} is not one of {VIDEO_EXTS}")
+        if "." in key or "/" in key:
+            raise ValueError(f"clip key {key!r}: must not contain '.' or '/' (WebDataset splits on them)")
+        if self._tar is None or self.shards[-1]["clips"] == self.clips_per_shard:
+            self._open_next()
+        members = ((video_ext, video), ("flac", audio), ("json", encode_meta({**meta, "key": key})))
+        entries = [self._add_member(f"{key}.{ext}", ext, data) for ext, data in members]
+        self._index_lines.append(" ".join(entries))
+        self.shards[-1]["clips"] += 1
+
+    def _add_member(self, name: str, ext: str, data: bytes) -> str:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        self._tar.addfile(info, io.BytesIO(data))
+        padded = -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+        data_offset = self._tar.offset - padded  # the data ends the archive so far, after its header(s)
+        return f"{ext} {data_offset} {len(data)} {name}"  # DALI's index: extension, data offset, size, name
+
+    def _open_next(self) -> None:
+        self._finish_shard()
+        name = f"shard-{len(self.shards):06d}"
+        self.shards.append({"tar": f"{name}.tar", "index": f"{name}.idx", "clips": 0})
+        self._tar = tarfile.open(self.out_dir / f"{name}.tar", "w", format=tarfile.USTAR_FORMAT)
+
+    def _finish_shard(self) -> None:
+        if self._tar is None:
+            return
+        self._tar.close()
+        lines = [f"v1.2 {len(self._index_lines)}", *self._index_lines]
+        (self.out_dir / self.shards[-1]["index"]).write_text("\n".join(lines) + "\n")
+        self._tar, self._index_lines = None, []
+
+    def close(self) -> list[dict]:
+        self._finish_shard()
+        return self.shards
+
+
+def write_manifest(out_dir: str | Path, shards: list[dict], label_names: list[str], encoding: dict,
+                   skipped: list[dict]) -> Path:
+    manifest = {"version": FORMAT_VERSION, "clips": sum(s["clips"] for s in shards), "shards": shards,
+                "label_names": label_names, "encoding": encoding, "skipped": skipped}
+    path = Path(out_dir) / MANIFEST
+    path.write_text(json.dumps(manifest, indent=1) + "\n")
+    return path
+
+
+def read_manifest(root: str | Path) -> dict:
+    """The manifest of a shard directory; errors name the directory and what is missing."""
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{root}: no {MANIFEST}: not a shard directory (make one with python -m mavil.data.prepare "
+                                f"or python -m mavil.data.synthetic)")
+    manifest = json.loads(path.read_text())
+    if not manifest["shards"]:
+        raise ValueError(f"{root}: the manifest lists no shards")
+    for shard in manifest["shards"]:
+        for key in ("tar", "index"):
+            if not (Path(root) / shard[key]).is_file():
+                raise FileNotFoundError(f"{root}: shard file {shard[key]} listed in the manifest is missing")
+    return manifest
