@@ -1,0 +1,155 @@
+"""Log-mel filter banks for the audio encoder: Kaldi's, batched, in PyTorch on any device.
+
+The audio input of DESIGN.md is the Audio-MAE convention: `torchaudio.compliance.kaldi.fbank` with
+htk_compat, a Hanning window, 25 ms frames every 10 ms, 128 mel bins, no energy and no dither, applied
+to the clip after removing its mean. torchaudio computes one clip at a time on the CPU; `fbank` here
+computes a zero-padded batch at once, on whatever device the waveforms are, and equals torchaudio's
+result to float32 rounding (the tests hold it to that). It reproduces every step Kaldi takes:
+
+    framing        snip_edges: only frames that fit whole, F = 1 + (T - 400) // 160 at 16 kHz
+    DC offset      each frame minus its own mean (remove_dc_offset)
+    pre-emphasis   x[j] - 0.97 x[j-1], and x[0] - 0.97 x[0] for the first sample (Kaldi's rule; it cannot
+                   matter here, as the symmetric Hanning window is exactly 0 on the first sample)
+    window         torch.hann_window(400, periodic=False), as torchaudio builds 'hanning'
+    spectrum       |rfft|^2 after zero-padding the frame to the next power of two (512)
+    mel banks      Kaldi's triangles, linear in mel = 1127 ln(1 + f/700), 20 Hz to Nyquist, the Nyquist bin
+                   unweighted; computed in float32 by torchaudio's very expressions, so that the weights are
+                   torchaudio's to the bit (float64 ones differ by up to 1.4e-5, 2e-4 in log-mel)
+    log            of the mel energies floored at float32's epsilon (torch.finfo(float).eps)
+
+htk_compat only moves the energy column, and there is none (use_energy=False), so it changes nothing.
+On the CPU the result came out torchaudio's bit for bit on every test input (the same float32 operations
+in the same order); on a GPU cuFFT and cuBLAS round differently, and the tests hold it to the CPU result
+within the tolerances they allow against torchaudio.
+
+The clip mean that the Audio-MAE convention removes first cancels out in exact arithmetic (each frame
+loses its own mean anyway); it matters for float32 rounding alone, which a large DC offset would spoil.
+
+Why Kaldi-exact: the dataset means and stds used for normalising (AudioSet's -4.2677 and 4.5690 among
+them) and the Audio-MAE lineage's checkpoints were all made with this exact feature; a close but different
+filter bank would shift every input the model sees.
+
+On the CPU rows go through in chunks of about CPU_CHUNK_FRAMES frames so that the (frames, 400) working
+set stays in cache: a whole batch of 64 ten-second clips at once was three times slower than in chunks.
+On a GPU the batch goes through in one piece.
+
+Clips in a batch may differ in length: `lengths` gives each row's real samples (the rest is zero
+padding). The clip mean is taken over the real samples only, and frames that reach past a row's
+length are set to 0.0, which is what zero-padding each clip's fbank at the end would give;
+`to_model_input` then pads or cuts every row to 1024 frames and normalises.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+from torch import Tensor
+
+PREEMPHASIS = 0.97
+LOW_FREQ = 20.0  # Hz, Kaldi's default lower edge of the first mel triangle
+AUDIOSET_MEAN, AUDIOSET_STD = -4.2677, 4.5690
+CPU_CHUNK_FRAMES = 1024  # on the CPU, rows go through in chunks of about this many frames (1.6 MB), to stay in cache
+
+
+def frame_sizes(sample_rate: int = 16000, frame_length_ms: float = 25.0, frame_shift_ms: float = 10.0) -> tuple[int, int]:
+    """(frame length, frame shift) in samples, rounded down as torchaudio does: (400, 160) at 16 kHz."""
+    return int(sample_rate * frame_length_ms * 0.001), int(sample_rate * frame_shift_ms * 0.001)
+
+
+def samples_for_frames(frames: int, sample_rate: int = 16000, *, frame_length_ms: float = 25.0,
+                       frame_shift_ms: float = 10.0) -> int:
+    """The waveform length that gives exactly `frames` frames: 400 + (frames - 1) * 160 at 16 kHz."""
+    frame_length, frame_shift = frame_sizes(sample_rate, frame_length_ms, frame_shift_ms)
+    return frame_length + (frames - 1) * frame_shift
+
+
+def fbank(waveforms: Tensor, lengths: Tensor | None = None, *, sample_rate: int = 16000, num_mel_bins: int = 128,
+          frame_length_ms: float = 25.0, frame_shift_ms: float = 10.0) -> Tensor:
+    """(B, T) waveforms, zero-padded after `lengths` (B,) real samples (None: all T) -> (B, F, num_mel_bins) float32.
+
+    F = 1 + (T - frame_length) // frame_shift; frames of a row that reach past its length are 0.0.
+    """
+    if waveforms.dim() != 2:
+        raise ValueError(f"waveforms: expected (B, T), got shape {tuple(waveforms.shape)}")
+    frame_length, frame_shift = frame_sizes(sample_rate, frame_length_ms, frame_shift_ms)
+    batch, samples = waveforms.shape
+    if samples < frame_length:
+        return waveforms.new_zeros(batch, 0, num_mel_bins, dtype=torch.float32)
+    waveforms = waveforms.float()
+    full = lengths is None  # then the clip mean is torch.mean's, bit for bit what torchaudio users subtract
+    lengths = torch.full((batch,), samples, device=waveforms.device) if full else lengths.to(waveforms.device)
+    window, mel_banks = _constants(frame_length, sample_rate, num_mel_bins, waveforms.device, waveforms.dtype)
+    frames_per_row = 1 + (samples - frame_length) // frame_shift
+    rows = batch if waveforms.device.type != "cpu" else max(1, CPU_CHUNK_FRAMES // frames_per_row)
+    chunks = [_log_mel(chunk, chunk_lengths, full, window, mel_banks, frame_shift)
+              for chunk, chunk_lengths in zip(waveforms.split(rows), lengths.split(rows))]
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+
+
+def to_model_input(fbank_frames: Tensor, target_frames: int = 1024, mean: float = AUDIOSET_MEAN,
+                   std: float = AUDIOSET_STD) -> Tensor:
+    """(B, F, mel) log-mel -> (B, 1, target_frames, mel): cut or zero-pad at the end, then (x - mean) / (2 std)."""
+    fitted = fbank_frames[:, :target_frames]  # (B, min(F, target), mel)
+    missing = target_frames - fitted.shape[1]
+    if missing > 0:
+        fitted = torch.nn.functional.pad(fitted, (0, 0, 0, missing))  # zeros at the end, as Audio-MAE and AST
+    return ((fitted - mean) / (2 * std)).unsqueeze(1)
+
+
+def _log_mel(waveforms: Tensor, lengths: Tensor, full: bool, window: Tensor, mel_banks: Tensor,
+             frame_shift: int) -> Tensor:
+    """(B, T) float32 waveforms with (B,) real lengths -> (B, F, mel) Kaldi log-mel, 0.0 past each row's length."""
+    frame_length = window.shape[0]
+    centred = waveforms - (waveforms.mean(1, keepdim=True) if full else _clip_mean(waveforms, lengths))  # (B, T)
+    frames = centred.unfold(1, frame_length, frame_shift)  # (B, F, L), a view
+    mel_energies = _power_spectrum(frames, window) @ mel_banks  # (B, F, n_fft/2 + 1) @ (n_fft/2 + 1, mel)
+    log_mel = mel_energies.clamp_min(torch.finfo(torch.float32).eps).log()  # (B, F, mel)
+    frame_ends = torch.arange(frames.shape[1], device=waveforms.device) * frame_shift + frame_length  # (F,)
+    real = frame_ends[None, :] <= lengths[:, None]  # (B, F): the frame lies within the row's real samples
+    return log_mel.masked_fill_(~real[..., None], 0.0)
+
+
+def _clip_mean(waveforms: Tensor, lengths: Tensor) -> Tensor:
+    """(B, T) -> (B, 1) each row's mean over its real samples (whatever the padding holds)."""
+    positions = torch.arange(waveforms.shape[1], device=waveforms.device)  # (T,)
+    real = positions[None, :] < lengths[:, None]  # (B, T)
+    return torch.where(real, waveforms, 0.0).sum(1, keepdim=True) / lengths.clamp_min(1)[:, None]
+
+
+def _power_spectrum(frames: Tensor, window: Tensor) -> Tensor:
+    """(B, F, L) raw frames -> (B, F, n_fft/2 + 1) Kaldi power spectrum (DC removal, pre-emphasis, window, FFT)."""
+    frames = frames - frames.mean(-1, keepdim=True)  # per-frame DC offset
+    previous = torch.cat([frames[..., :1], frames[..., :-1]], -1)  # (B, F, L): x[max(0, j-1)]
+    windowed = (frames - PREEMPHASIS * previous) * window  # (B, F, L)
+    n_fft = 1 << (window.shape[0] - 1).bit_length()  # next power of two: 512 for 400
+    return torch.fft.rfft(windowed, n=n_fft).abs().pow(2)
+
+
+@functools.lru_cache(maxsize=16)
+def _constants(frame_length: int, sample_rate: int, num_mel_bins: int, device: torch.device,
+               dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The window (L,) and the mel banks (n_fft/2 + 1, num_mel_bins), built on the CPU once, cached per device and dtype."""
+    window = torch.hann_window(frame_length, periodic=False, dtype=torch.float32)  # (L,)
+    n_fft = 1 << (frame_length - 1).bit_length()
+    mel_banks = _kaldi_mel_banks(num_mel_bins, n_fft, sample_rate)  # (num_mel_bins, n_fft/2 + 1)
+    return window.to(device=device, dtype=dtype), mel_banks.T.contiguous().to(device=device, dtype=dtype)
+
+
+def _kaldi_mel_banks(num_mel_bins: int, n_fft: int, sample_rate: int) -> Tensor:
+    """Kaldi's triangles, rising and falling linearly in mel, (num_mel_bins, n_fft/2 + 1) float32.
+
+    Built in float32 with the very expressions of torchaudio's get_mel_banks: in float64 the weights move
+    by up to 1.4e-5, which shifts low-energy log-mel cells by up to 2e-4 from torchaudio's.
+    """
+    def mel(hz):
+        return 1127.0 * (1.0 + hz / 700.0).log() if isinstance(hz, Tensor) else 1127.0 * math.log(1.0 + hz / 700.0)
+
+    low, high = mel(LOW_FREQ), mel(0.5 * sample_rate)
+    delta = (high - low) / (num_mel_bins + 1)
+    index = torch.arange(num_mel_bins, dtype=torch.float32)[:, None]  # (M, 1)
+    left, centre, right = low + index * delta, low + (index + 1.0) * delta, low + (index + 2.0) * delta  # (M, 1) each
+    bin_mel = mel(sample_rate / n_fft * torch.arange(n_fft // 2, dtype=torch.float32))[None]  # (1, n_fft/2)
+    rising, falling = (bin_mel - left) / (centre - left), (right - bin_mel) / (right - centre)  # (M, n_fft/2)
+    triangles = torch.minimum(rising, falling).clamp_min(0.0)
+    return torch.nn.functional.pad(triangles, (0, 1))  # the Nyquist bin gets no weight, as in Kaldi

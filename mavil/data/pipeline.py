@@ -1,0 +1,165 @@
+"""The DALI pipeline: shards -> batches in the contract of DESIGN.md, decoding on the GPU where there is one.
+
+    loader = make_loader(root, spec, rank=0, world_size=1, seed=0)
+    for batch in loader:   # {"audio": (B, 1, F, mel), "video": (B, 3, T, S, S), "label": (B, C), "key": [...]}
+
+In DALI (CPU pipeline without CUDA; GPU decode and augmentation with it):
+- `fn.readers.webdataset` over every shard, split per data-parallel rank (`shard_id`, `num_shards`).
+  DALI's epoch semantics: the clips form one list; in each epoch every rank reads one contiguous
+  1/world part of it, the parts rotating across epochs (so together the ranks see every clip exactly
+  once per epoch, disjointly), shuffled within a buffer of `shuffle_buffer` clips seeded by `seed`.
+  The last batch of a rank is partial, never padded with repeats.
+- video: decode every frame of the clip (stored at 2 fps), take `video_frames` consecutive frames
+  from a random start (the centre window in evaluation), looping cyclically to the beginning when
+  the clip is shorter; training: random resized crop (area `crop_scale`, aspect 3/4..4/3) and a
+  horizontal flip with `flip_prob`; evaluation: resize the short side and centre crop; ImageNet
+  mean/std normalisation; layout C, T, H, W.
+- audio: decode to 16 kHz mono float, padded with zeros to the longest clip of the batch; the real
+  length travels beside it.
+After DALI, in PyTorch on the same device: the Kaldi-exact fbank of each clip (mean removed over its
+real samples, `mavil.data.fbank`), cut or zero-padded to `audio_frames`, in training rolled by a
+random circular time shift (the paper's "R"), normalised as (x - mean) / (2 * std).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .fbank import fbank, to_model_input
+from .shards import decode_meta, read_manifest
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class LoaderSpec:
+    """What a loader produces; `from_config` fills it from a run config's model and data sections."""
+
+    batch_size: int
+    audio_frames: int = 1024
+    mel_bins: int = 128
+    video_frames: int = 8
+    video_size: int = 224
+    train: bool = True  # augmentation and shuffling on
+    audio_mean: float = -4.2677
+    audio_std: float = 4.5690
+    sample_rate: int = 16000
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    flip_prob: float = 0.5
+    time_shift: bool = True
+    num_threads: int = 2
+    shuffle_buffer: int = 1024
+
+    @classmethod
+    def from_config(cls, cfg, batch_size: int, train: bool = True) -> "LoaderSpec":
+        m, d = cfg.model, cfg.data
+        return cls(batch_size, m.audio_frames, m.audio_mel_bins, m.video_frames, m.video_size, train, d.audio_mean,
+                   d.audio_std, d.sample_rate, tuple(d.crop_scale), d.flip_prob, d.time_shift, max(d.num_workers, 1))
+
+
+def _dali_pipeline(paths: list[str], index_paths: list[str], spec: LoaderSpec, shard_id: int, num_shards: int,
+                   seed: int, device_id: int | None):
+    from nvidia.dali import fn, pipeline_def, types
+
+    on_gpu = device_id is not None
+
+    @pipeline_def(batch_size=spec.batch_size, num_threads=spec.num_threads, device_id=device_id, seed=seed)
+    def pipeline():
+        video, audio, meta = fn.readers.webdataset(
+            paths=paths, index_paths=index_paths, ext=["webm;mp4", "flac", "json"], name="reader",
+            shard_id=shard_id, num_shards=num_shards, random_shuffle=spec.train, initial_fill=spec.shuffle_buffer,
+            pad_last_batch=True, missing_component_behavior="error")
+        frames = fn.decoders.video(video, device="mixed" if on_gpu else "cpu")  # (n, H, W, 3) uint8
+        clip = _window(fn, types, frames, spec)
+        clip = _augment(fn, types, clip, spec)
+        wave, _ = fn.decoders.audio(audio, dtype=types.FLOAT, downmix=True, sample_rate=spec.sample_rate)
+        length = wave.shape(dtype=types.INT32)[0]
+        wave = fn.pad(wave.gpu() if on_gpu else wave, axes=[0])  # zeros to the batch's longest clip
+        return clip, wave, length, meta
+
+    return pipeline()
+
+
+def _window(fn, types, frames, spec: LoaderSpec):
+    """`video_frames` consecutive frames from a random (training) or centred (evaluation) start, cyclic."""
+    count = frames.shape(dtype=types.INT32)[0]
+    if spec.train:
+        start = fn.cast(fn.random.uniform(range=[0.0, 1.0]) * fn.cast(count, dtype=types.FLOAT), dtype=types.INT32)
+    else:
+        start = (count - spec.video_frames) // 2
+        start = start * fn.cast(start > 0, dtype=types.INT32)  # 0 when the clip is shorter than the window
+    order = start + types.Constant(np.arange(spec.video_frames, dtype=np.int32))
+    order = order - (order // count) * count  # modulo: loop to the beginning
+    return fn.sequence_rearrange(frames, new_order=order)
+
+
+def _augment(fn, types, clip, spec: LoaderSpec):
+    """(T, H, W, 3) uint8 -> (3, T, S, S) float, normalised."""
+    size = [spec.video_size, spec.video_size]
+    mean = [255 * m for m in IMAGENET_MEAN]
+    std = [255 * s for s in IMAGENET_STD]
+    if spec.train:
+        clip = fn.random_resized_crop(clip, size=size, random_area=list(spec.crop_scale), random_aspect_ratio=[3 / 4, 4 / 3])
+        mirror = fn.random.coin_flip(probability=spec.flip_prob)
+        return fn.crop_mirror_normalize(clip, dtype=types.FLOAT, output_layout="CFHW", mean=mean, std=std, mirror=mirror)
+    clip = fn.resize(clip, resize_shorter=spec.video_size)
+    return fn.crop_mirror_normalize(clip, dtype=types.FLOAT, output_layout="CFHW", crop=size, mean=mean, std=std)
+
+
+class Loader:
+    """Iterates batches of one rank's part of a shard directory, epoch after epoch (one `for` loop = one epoch)."""
+
+    def __init__(self, root: str | Path, spec: LoaderSpec, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 device: torch.device | str | None = None):
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        self.root, self.spec = Path(root), spec
+        manifest = read_manifest(self.root)
+        self.label_names = manifest["label_names"]
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device_id = (self.device.index or 0) if self.device.type == "cuda" else None
+        paths = [str(self.root / s["tar"]) for s in manifest["shards"]]
+        index_paths = [str(self.root / s["index"]) for s in manifest["shards"]]
+        pipe = _dali_pipeline(paths, index_paths, spec, rank, world_size, seed, device_id)
+        self._iterator = DALIGenericIterator(pipe, ["video", "wave", "length", "meta"], reader_name="reader",
+                                             last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True)
+        self._shift = torch.Generator().manual_seed(seed * 1000 + rank)
+
+    def __len__(self) -> int:
+        return len(self._iterator)
+
+    def __iter__(self):
+        for (outputs,) in self._iterator:
+            yield self._finish(outputs)
+
+    def _finish(self, outputs: dict) -> dict:
+        metas = [decode_meta(row.cpu().numpy().tobytes()) for row in outputs["meta"]]
+        wave = outputs["wave"].to(self.device)
+        lengths = outputs["length"].to(self.device).reshape(-1)
+        audio = to_model_input(fbank(wave, lengths, sample_rate=self.spec.sample_rate, num_mel_bins=self.spec.mel_bins),
+                               self.spec.audio_frames, self.spec.audio_mean, self.spec.audio_std)
+        if self.spec.train and self.spec.time_shift:
+            audio = roll_time(audio, self._shift)
+        return {"audio": audio, "video": outputs["video"].to(self.device), "label": multi_hot(metas, len(self.label_names)),
+                "key": [meta["key"] for meta in metas]}
+
+
+def roll_time(audio: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """(B, 1, F, mel): each sample rolled along time by its own random shift in [-F, F) (Audio-MAE's "R")."""
+    batch, _, frames, _ = audio.shape
+    shifts = torch.randint(-frames, frames, (batch,), generator=generator).to(audio.device)
+    source = (torch.arange(frames, device=audio.device)[None, :] - shifts[:, None]) % frames  # (B, F)
+    return torch.gather(audio, 2, source[:, None, :, None].expand_as(audio))
+
+
+def multi_hot(metas: list[dict], classes: int) -> torch.Tensor:
+    """(B, classes) float: 1 at each clip's label indices."""
+    label = torch.zeros(len(metas), classes)
+    for row, meta in enumerate(metas):
+        label[row, meta.get("labels", [])] = 1.0
+    return label
+
