@@ -26,7 +26,8 @@ def encode_video(frames: np.ndarray, fps: int = VIDEO_FPS) -> bytes:
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames: expected (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
     buffer = io.BytesIO()
-    with av.open(buffer, "w", format="webm") as container:
+    # bitexact: the muxer writes fixed track ids instead of random ones, so the same frames give the same bytes
+    with av.open(buffer, "w", format="webm", options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream("libvpx-vp9", rate=fps)
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
