@@ -11,13 +11,13 @@ reference|triton|auto (default auto) forces a path (see `_dispatch`). This packa
 and triton only; it knows no model.
 """
 from . import _dispatch  # first: it prepares Triton's interpreter before any kernel is defined
-from .info_nce import info_nce, info_nce_reference
+from .info_nce import info_nce, info_nce_global, info_nce_reference
 from .masked_gather import masked_gather, masked_gather_reference
 from .masked_mse import masked_mse, masked_mse_reference
 from .masked_restore import masked_restore, masked_restore_reference
 
 __all__ = [
-    "info_nce", "info_nce_reference",
+    "info_nce", "info_nce_global", "info_nce_reference",
     "masked_gather", "masked_gather_reference",
     "masked_mse", "masked_mse_reference",
     "masked_restore", "masked_restore_reference",

@@ -178,3 +178,34 @@ def info_nce(x: torch.Tensor, y: torch.Tensor, tau: float, symmetric: bool = Fal
     if use_triton(x):
         return _info_nce_triton(x, y, tau, symmetric, offset)
     return info_nce_reference(x, y, tau, symmetric, offset)
+
+
+def _gather_rows(t: torch.Tensor, group=None) -> tuple[torch.Tensor, int]:
+    """All ranks' rows of t concatenated, with gradient (each rank's slice receives the sum of every rank's
+    gradient for it), and the offset of this rank's rows. Ranks may hold different row counts."""
+    import torch.distributed as dist
+    from torch.distributed.nn.functional import all_gather
+
+    counts = [torch.zeros(1, dtype=torch.long, device=t.device) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(counts, torch.tensor([t.shape[0]], device=t.device), group=group)
+    counts = [int(c) for c in counts]
+    padded = F.pad(t, (0, 0, 0, max(counts) - t.shape[0]))  # all_gather needs one shape
+    parts = all_gather(padded, group=group)
+    rows = torch.cat([part[:count] for part, count in zip(parts, counts)])
+    return rows, sum(counts[: dist.get_rank(group)])
+
+
+def info_nce_global(x: torch.Tensor, y: torch.Tensor, tau: float, symmetric: bool = False, group=None) -> torch.Tensor:
+    """Eq. 2 with the negatives of every data-parallel rank: this rank's queries x (M, H) against the keys y of
+    all ranks, gathered with gradient. Averaged over ranks (as data-parallel gradients are), it is the loss of
+    the whole global batch. Without an initialised process group, or with one rank, it is `info_nce`."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
+        return info_nce(x, y, tau, symmetric)
+    keys, offset = _gather_rows(y, group)
+    loss = info_nce(x, keys, tau, offset=offset)
+    if symmetric:
+        queries, _ = _gather_rows(x, group)
+        loss = 0.5 * (loss + info_nce(y, queries, tau, offset=offset))
+    return loss

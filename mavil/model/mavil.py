@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..kernels import info_nce, masked_mse
+from ..kernels import info_nce, info_nce_global, masked_mse
 from .encoder import ModalityDecoder, ModalityEncoder
 from .fusion import BottleneckFusion, VanillaFusion
 from .masking import Masking, random_masking
@@ -153,11 +153,12 @@ class MAViL(nn.Module):
     def _contrastive(self, a_tokens, v_tokens, a_um, v_um, a_mask: Masking, v_mask: Masking) -> dict[str, torch.Tensor]:
         """Eq. 3: inter-modal InfoNCE between the views' pooled embeddings, intra-modal against a second view."""
         cfg, parts = self.cfg, {}
+        contrast = info_nce_global if cfg.global_negatives else info_nce
         a_emb, v_emb = pooled(a_um), pooled(v_um)
         if cfg.alpha > 0:
-            parts["loss_inter"] = info_nce(a_emb, v_emb, cfg.tau_inter, cfg.contrastive_symmetric)
+            parts["loss_inter"] = contrast(a_emb, v_emb, cfg.tau_inter, cfg.contrastive_symmetric)
         if cfg.beta > 0:
             a_um2, v_um2 = self.backbone.encode(a_tokens, v_tokens, a_mask.ids_keep_second, v_mask.ids_keep_second)
-            parts["loss_intra"] = 0.5 * (info_nce(a_emb, pooled(a_um2), cfg.tau_intra, cfg.contrastive_symmetric)
-                                         + info_nce(v_emb, pooled(v_um2), cfg.tau_intra, cfg.contrastive_symmetric))
+            parts["loss_intra"] = 0.5 * (contrast(a_emb, pooled(a_um2), cfg.tau_intra, cfg.contrastive_symmetric)
+                                         + contrast(v_emb, pooled(v_um2), cfg.tau_intra, cfg.contrastive_symmetric))
         return parts
