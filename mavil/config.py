@@ -74,6 +74,7 @@ class ModelConfig:
     beta: float = 0.01  # weight of the intra-modal InfoNCE
     tau_intra: float = 1.0
     contrastive_symmetric: bool = False  # Eq. 2 is one-directional; True averages both directions
+    global_negatives: bool = False  # contrast against the embeddings of every data-parallel rank, not the local batch
 
     @property
     def audio_tokens(self) -> int:
@@ -141,7 +142,12 @@ class DataConfig:
     crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])  # multi-scale random crop
     flip_prob: float = 0.5
     time_shift: bool = True  # "R": random start with cyclic rolling in time
-    num_workers: int = 4
+    num_workers: int = 4  # DALI threads per rank
+    # the embedded synthetic dataset, used when root is None (generated once into the cache)
+    synthetic_clips: int = 512
+    synthetic_classes: int = 8
+    synthetic_duration: int = 10  # seconds
+    synthetic_seed: int = 0
 
     def validate(self, check: _Checker) -> None:
         check.positive("audio_std", self.audio_std)
@@ -152,6 +158,11 @@ class DataConfig:
         check.that("crop_scale", self.crop_scale, 0.0 < low <= high <= 1.0, "needs 0 < min <= max <= 1")
         check.that("flip_prob", self.flip_prob, 0.0 <= self.flip_prob <= 1.0, "must be in [0, 1]")
         check.that("num_workers", self.num_workers, self.num_workers >= 0, "must be >= 0")
+        for key in ("synthetic_clips", "synthetic_classes", "synthetic_duration"):
+            check.positive(key, getattr(self, key))
+        if self.root is not None:
+            check.that("root", self.root, (Path(self.root) / "manifest.json").is_file(),
+                       "no manifest.json there: not a shard directory (make one with python -m mavil.data.prepare)")
 
 
 @dataclass
@@ -169,6 +180,10 @@ class TrainConfig:
     grad_clip: Optional[float] = None  # the paper clips nothing
     seed: int = 0
     output_dir: str = "runs/stage1"
+    log_every: int = 10  # optimizer steps between metrics lines
+    checkpoint_every: int = 1000  # optimizer steps between checkpoints (0: only at epoch ends)
+    max_steps: Optional[int] = None  # stop after this many optimizer steps (tests, benchmarks)
+    record_keys: bool = False  # append each rank's clip keys per epoch to keys-rank<r>.jsonl (audits of the data order)
 
     @property
     def lr(self) -> float:
@@ -190,6 +205,10 @@ class TrainConfig:
         check.that("betas", self.betas, all(0.0 <= b < 1.0 for b in self.betas), "each must be in [0, 1)")
         if self.grad_clip is not None:
             check.positive("grad_clip", self.grad_clip)
+        check.positive("log_every", self.log_every)
+        check.that("checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 0, "must be >= 0")
+        if self.max_steps is not None:
+            check.positive("max_steps", self.max_steps)
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
