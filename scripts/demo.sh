@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Quick start, command 1: set up .venv and run the main job on the embedded default data.
-# For now the main job overfits one batch with the tiny model, stage 1 then stage 2 (engine/overfit.py);
-# the DeepSpeed pre-training on the synthetic dataset replaces it once the data and engine land.
+# Quick start, command 1: set up .venv, then the main job on the embedded default data: the synthetic
+# dataset is generated once into the cache (~/.cache/mavil, or $MAVIL_CACHE), tiny stage 1 and then
+# tiny stage 2 pre-train under the deepspeed launcher with two processes (CPU or GPU). Relaunching
+# resumes; extra arguments (section.key=value) go to both stages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/python -m mavil.model.summary --config configs/stage1.json
-.venv/bin/python -m mavil.engine.overfit --stage1 configs/tiny/stage1.json --stage2 configs/tiny/stage2.json --out runs/overfit "$@"
+.venv/bin/deepspeed --num_gpus 2 engine/pretrain.py --config configs/tiny/stage1.json "$@"
+.venv/bin/deepspeed --num_gpus 2 engine/pretrain.py --config configs/tiny/stage2.json \
+    model.teacher=runs/tiny/stage1/model.safetensors "$@"
+echo
+echo "outputs: runs/tiny/stage1 and runs/tiny/stage2 (config.json, metrics.jsonl, checkpoints/, model.safetensors)"
