@@ -22,7 +22,6 @@ import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script (the deepspeed launcher does): import as the package
-    sys.modules.pop("engine", None)
     __package__ = "mavil.engine"
     import mavil.engine  # noqa: F401
 

@@ -3,9 +3,7 @@ listed in the manifest with their reason and counted in the exit status."""
 from __future__ import annotations
 
 import csv
-import io
 import shutil
-import tarfile
 from fractions import Fraction
 from pathlib import Path
 
@@ -15,7 +13,9 @@ import pytest
 
 from mavil.data import prepare
 from mavil.data.encode import SAMPLE_RATE, SHORT_SIDE, VIDEO_FPS, encode_audio
-from mavil.data.shards import decode_meta, read_manifest
+from mavil.data.shards import read_manifest
+
+from .clips import decoded_clips
 
 TONE = 440.0  # Hz, in every input's audio
 
@@ -68,31 +68,10 @@ def media(tmp_path_factory) -> Path:
     return root
 
 
-def read_clips(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray, dict]]:
-    """key -> ((T, H, W, 3) uint8 frames, (samples,) float waveform, meta), decoded from the shards."""
-    clips = {}
-    for shard in read_manifest(root)["shards"]:
-        with tarfile.open(root / shard["tar"]) as tar:
-            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
-        for name in members:
-            key, ext = name.split(".", 1)
-            if ext == "json":
-                clips[key] = (decode_video(members[f"{key}.webm"]), decode_audio(members[f"{key}.flac"]),
-                              decode_meta(members[name]))
-    return clips
 
 
-def decode_video(data: bytes) -> np.ndarray:
-    with av.open(io.BytesIO(data)) as container:
-        assert container.streams.video[0].codec_context.name == "vp9"
-        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
 
 
-def decode_audio(data: bytes) -> np.ndarray:
-    with av.open(io.BytesIO(data)) as container:
-        stream = container.streams.audio[0]
-        assert stream.sample_rate == SAMPLE_RATE and stream.channels == 1
-        return np.concatenate([frame.to_ndarray()[0] for frame in container.decode(stream)]) / 32768.0
 
 
 def dominant_frequency(waveform: np.ndarray) -> float:
@@ -109,7 +88,7 @@ def prepared(media, tmp_path_factory):
 
 def test_good_clips_land_in_shards_at_2_fps_short_side_256_16_khz_mono(prepared):
     out, _ = prepared
-    clips = read_clips(out)
+    clips = decoded_clips(out)
     assert sorted(clips) == ["sub_wide_clip", "talk"]
     frames, waveform, meta = clips["talk"]  # 3 s, 25 fps, 320 x 240
     assert frames.shape == (3 * VIDEO_FPS, SHORT_SIDE, 342, 3) and meta["frames"] == 6
@@ -124,7 +103,7 @@ def test_good_clips_land_in_shards_at_2_fps_short_side_256_16_khz_mono(prepared)
 
 @pytest.mark.parametrize("key, fps", [("talk", 25), ("sub_wide_clip", 24)])
 def test_each_output_frame_is_the_last_input_frame_at_or_before_its_time(prepared, key, fps):
-    frames, _, _ = read_clips(prepared[0])[key]
+    frames, _, _ = decoded_clips(prepared[0])[key]
     for i, frame in enumerate(frames):
         shown = int(np.floor(i / VIDEO_FPS * fps + 1e-9))  # index of the last input frame at or before i / 2 s
         assert abs(frame.mean() - grey_level(shown)) < 6, (i, frame.mean(), grey_level(shown))
@@ -155,7 +134,7 @@ def test_csv_labels_are_class_names_numbered_in_sorted_order(media, tmp_path):
     assert manifest["label_names"] == ["cat", "dog", "speech"]
     assert manifest["skipped"] == [{"source": "videos/missing.mp4", "reason": "file not found"}]
     assert (summary.clips, summary.shards) == (2, 1)
-    clips = read_clips(tmp_path / "out")
+    clips = decoded_clips(tmp_path / "out")
     assert {key: meta["labels"] for key, (_, _, meta) in clips.items()} == {"talk": [1, 2], "sub_wide_clip": [0]}
     assert clips["talk"][2]["source"] == "videos/talk.mp4"
 

@@ -2,19 +2,18 @@
 and differ per class, all checked on the decoded shards."""
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
-import tarfile
 import time
 
-import av
 import numpy as np
 import pytest
 
 from mavil.data import synthetic
 from mavil.data.encode import ENCODING, SAMPLE_RATE, SHORT_SIDE, VIDEO_FPS
-from mavil.data.shards import decode_meta, read_manifest
+from mavil.data.shards import read_manifest
+
+from .clips import decoded_clips
 
 from ..conftest import REPO
 
@@ -26,30 +25,10 @@ def read_dir(root) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(root.iterdir())}
 
 
-def decoded_clips(root) -> dict[str, tuple[np.ndarray, np.ndarray, dict]]:
-    """key -> ((T, H, W, 3) uint8 frames, (samples,) float waveform, meta), decoded from the shards with PyAV."""
-    clips = {}
-    for shard in read_manifest(root)["shards"]:
-        with tarfile.open(root / shard["tar"]) as tar:
-            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
-        for name in sorted(members):
-            key, ext = name.split(".", 1)
-            if ext == "json":
-                clips[key] = (decode_video(members[f"{key}.webm"]), decode_audio(members[f"{key}.flac"]),
-                              decode_meta(members[name]))
-    return clips
 
 
-def decode_video(data: bytes) -> np.ndarray:
-    with av.open(io.BytesIO(data)) as container:
-        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
 
 
-def decode_audio(data: bytes) -> np.ndarray:
-    with av.open(io.BytesIO(data)) as container:
-        stream = container.streams.audio[0]
-        assert stream.sample_rate == SAMPLE_RATE and stream.channels == 1
-        return np.concatenate([frame.to_ndarray()[0] for frame in container.decode(stream)]) / 32768.0
 
 
 def audio_onset_frames(waveform: np.ndarray) -> list[int]:
