@@ -141,10 +141,17 @@ class Pretrainer:
             self.last_line = self.metrics.flush(step=step, epoch=epoch + next_index / total,
                                                 lr=self.engine.optimizer.param_groups[0]["lr"])
             bar.set_postfix(loss=f"{self.last_line['loss']:.4f}", clips_s=f"{self.last_line['samples_per_s']:.1f}")
+            self.monitor(step)
         finished = train.max_steps is not None and step >= train.max_steps
         if finished or epoch_done or (train.checkpoint_every and step % train.checkpoint_every == 0):
             self.save(epoch + 1, 0) if epoch_done else self.save(epoch, next_index)
         return finished
+
+    def monitor(self, step: int) -> None:
+        """The metrics line to DeepSpeed's monitors (TensorBoard, W&B, CSV) where the config enables one."""
+        if self.engine.monitor.enabled:
+            events = [(f"Train/{name}", value, step) for name, value in self.last_line.items() if name != "step"]
+            self.engine.monitor.write_events(events)
 
     def save(self, epoch: int, micro_step: int) -> None:
         checkpoint.save(self.engine, self.run_dir, f"step{self.engine.global_steps:08d}",

@@ -10,8 +10,8 @@ In DALI (CPU pipeline without CUDA; GPU decode and augmentation with it):
   once per epoch, disjointly), shuffled within a buffer of `shuffle_buffer` clips seeded by `seed`.
   The last batch of a rank is partial, never padded with repeats.
 - video: decode every frame of the clip (stored at 2 fps), take `video_frames` consecutive frames
-  from a random start (the centre window in evaluation), looping cyclically to the beginning when
-  the clip is shorter; training: random resized crop (area `crop_scale`, aspect 3/4..4/3) and a
+  from a random start (in evaluation the centre window, or `eval_clips` uniformly spaced windows for
+  multi-clip inference), looping cyclically to the beginning when the clip is shorter; training: random resized crop (area `crop_scale`, aspect 3/4..4/3) and a
   horizontal flip with `flip_prob`; evaluation: resize the short side and centre crop; ImageNet
   mean/std normalisation; layout C, T, H, W.
 - audio: decode to 16 kHz mono float, padded with zeros to the longest clip of the batch; the real
@@ -53,6 +53,7 @@ class LoaderSpec:
     time_shift: bool = True
     num_threads: int = 2
     shuffle_buffer: int = 1024
+    eval_clips: int = 1  # evaluation: this many uniformly spaced windows per video -> video (B, clips, 3, T, S, S)
 
     @classmethod
     def from_config(cls, cfg, batch_size: int, train: bool = True) -> "LoaderSpec":
@@ -85,16 +86,26 @@ def _dali_pipeline(paths: list[str], index_paths: list[str], spec: LoaderSpec, s
 
 
 def _window(fn, types, frames, spec: LoaderSpec):
-    """`video_frames` consecutive frames from a random (training) or centred (evaluation) start, cyclic."""
+    """`video_frames` consecutive frames from a random start (training), or from `eval_clips` uniformly spaced
+    starts (evaluation; one clip: the centre window), cyclic: (clips * T, H, W, 3)."""
     count = frames.shape(dtype=types.INT32)[0]
+    clip_index, offset = (types.Constant(a.astype(np.int32)) for a in window_layout(spec))
     if spec.train:
         start = fn.cast(fn.random.uniform(range=[0.0, 1.0]) * fn.cast(count, dtype=types.FLOAT), dtype=types.INT32)
     else:
-        start = (count - spec.video_frames) // 2
-        start = start * fn.cast(start > 0, dtype=types.INT32)  # 0 when the clip is shorter than the window
-    order = start + types.Constant(np.arange(spec.video_frames, dtype=np.int32))
+        slack = count - spec.video_frames
+        slack = slack * fn.cast(slack > 0, dtype=types.INT32)  # 0 when the clip is shorter than the window
+        start = (clip_index * slack) // max(spec.eval_clips - 1, 1) if spec.eval_clips > 1 else slack // 2
+    order = start + offset
     order = order - (order // count) * count  # modulo: loop to the beginning
     return fn.sequence_rearrange(frames, new_order=order)
+
+
+def window_layout(spec: LoaderSpec) -> tuple[np.ndarray, np.ndarray]:
+    """For each output frame: which evaluation clip it belongs to, and its offset within that clip's window."""
+    clips = 1 if spec.train else spec.eval_clips
+    frame = np.arange(clips * spec.video_frames)
+    return frame // spec.video_frames, frame % spec.video_frames
 
 
 def _augment(fn, types, clip, spec: LoaderSpec):
@@ -144,8 +155,16 @@ class Loader:
                                self.spec.audio_frames, self.spec.audio_mean, self.spec.audio_std)
         if self.spec.train and self.spec.time_shift:
             audio = roll_time(audio, self._shift)
-        return {"audio": audio, "video": outputs["video"].to(self.device), "label": multi_hot(metas, len(self.label_names)),
-                "key": [meta["key"] for meta in metas]}
+        return {"audio": audio, "video": split_clips(outputs["video"].to(self.device), self.spec),
+                "label": multi_hot(metas, len(self.label_names)), "key": [meta["key"] for meta in metas]}
+
+
+def split_clips(video: torch.Tensor, spec: LoaderSpec) -> torch.Tensor:
+    """(B, 3, clips * T, S, S) -> (B, clips, 3, T, S, S) for multi-clip evaluation; unchanged otherwise."""
+    if spec.train or spec.eval_clips == 1:
+        return video
+    batch, chans, _, height, width = video.shape
+    return video.reshape(batch, chans, spec.eval_clips, spec.video_frames, height, width).transpose(1, 2)
 
 
 def roll_time(audio: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

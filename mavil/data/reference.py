@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 
-from .pipeline import IMAGENET_MEAN, IMAGENET_STD, LoaderSpec, multi_hot, roll_time
+from .pipeline import IMAGENET_MEAN, IMAGENET_STD, LoaderSpec, multi_hot, roll_time, split_clips, window_layout
 from .shards import VIDEO_EXTS, decode_meta, read_manifest
 
 
@@ -77,8 +77,16 @@ def audio_features(wave: torch.Tensor, spec: LoaderSpec) -> torch.Tensor:
 
 
 def window_indices(count: int, spec: LoaderSpec, rng: np.random.Generator) -> np.ndarray:
-    start = int(rng.integers(count)) if spec.train else max((count - spec.video_frames) // 2, 0)
-    return (start + np.arange(spec.video_frames)) % count
+    """Frame indices of the window(s), as the pipeline takes them: (clips * T,)."""
+    clip_index, offset = window_layout(spec)
+    slack = max(count - spec.video_frames, 0)
+    if spec.train:
+        start = int(rng.integers(count))
+    elif spec.eval_clips > 1:
+        start = clip_index * slack // (spec.eval_clips - 1)
+    else:
+        start = slack // 2
+    return (start + offset) % count
 
 
 def crop_box(height: int, width: int, spec: LoaderSpec, rng: np.random.Generator) -> tuple[int, int, int, int]:
@@ -145,7 +153,7 @@ def reference_loader(root: str | Path, spec: LoaderSpec, rank: int = 0, world_si
         if spec.train and spec.time_shift:
             audio = roll_time(audio, shift)
         metas = [item["meta"] for item in items]
-        return {"audio": audio, "video": torch.stack([item["video"] for item in items]),
+        return {"audio": audio, "video": split_clips(torch.stack([item["video"] for item in items]), spec),
                 "label": multi_hot(metas, classes), "key": [meta["key"] for meta in metas]}
 
     return torch.utils.data.DataLoader(clips, batch_size=spec.batch_size, num_workers=num_workers, collate_fn=collate)

@@ -114,6 +114,17 @@ def test_frame_sampling_is_consecutive_from_a_random_start_and_loops(tmp_path):
     assert frame_indices(eval_video["video"][0]) == list(range(6, 14))  # the centre window of 20 frames
 
 
+@pytest.mark.parametrize("loader", [Loader, reference_loader], ids=["dali", "reference"])
+def test_multi_clip_evaluation_takes_uniformly_spaced_windows(tmp_path, loader):
+    root = write_set(tmp_path, [numbered_frames(20), numbered_frames(5)], [10.0, 2.5], clips_per_shard=2)
+    spec = LoaderSpec(batch_size=2, audio_frames=64, video_frames=8, video_size=48, train=False, eval_clips=3)
+    batch = next(iter(loader(root, spec)))
+    assert batch["video"].shape == (2, 3, 3, 8, 48, 48)  # (B, clips, 3, T, S, S)
+    windows = {key: [frame_indices(clip) for clip in video] for key, video in zip(batch["key"], batch["video"])}
+    assert windows["clip000"] == [list(range(0, 8)), list(range(6, 14)), list(range(12, 20))]
+    assert windows["clip001"] == [[i % 5 for i in range(8)]] * 3  # shorter than a window: each loops from 0
+
+
 def keys_per_epoch(root, rank: int, world: int, seed: int, epochs: int) -> list[list[str]]:
     spec = LoaderSpec(batch_size=2, audio_frames=64, video_frames=2, video_size=32, shuffle_buffer=16)
     loader = Loader(root, spec, rank=rank, world_size=world, seed=seed, device="cpu")

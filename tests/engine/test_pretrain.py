@@ -41,7 +41,9 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def stage1(workdir) -> Path:
-    return launch(workdir, "stage1", "train.max_steps=8", "train.checkpoint_every=4", "train.record_keys=true")
+    return launch(workdir, "stage1", "train.max_steps=8", "train.checkpoint_every=4", "train.record_keys=true",
+                  "deepspeed.csv_monitor.enabled=true", f"deepspeed.csv_monitor.output_path={workdir / 'monitor'}",
+                  "deepspeed.csv_monitor.job_name=tiny")
 
 
 def test_stage1_two_ranks_train_on_disjoint_data_and_the_loss_falls(stage1):
@@ -55,6 +57,8 @@ def test_stage1_two_ranks_train_on_disjoint_data_and_the_loss_falls(stage1):
         assert seen[0] and seen[1] and not seen[0] & seen[1]  # disjoint per epoch
         assert len(seen[0] | seen[1]) == 64  # tiny set: 64 clips, 2 ranks x 4 batches of 8
     assert (stage1 / "checkpoints" / "latest").read_text() == "step00000008"
+    monitored = {path.stem for path in (stage1.parent / "monitor").rglob("*.csv")}
+    assert {"Train_loss", "Train_lr", "Train_samples_per_s"} <= monitored, monitored  # DeepSpeed's monitor
     state, model_cfg = read_weights(stage1 / "model.safetensors")
     assert model_cfg["stage"] == 1 and all(t.dtype == torch.float32 for t in state.values())
 
