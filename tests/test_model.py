@@ -135,3 +135,15 @@ def test_xformers_equals_math_on_cuda():
     q, k, v = (torch.randn(2, 103, 12, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     assert resolve_backend("auto", "cuda", torch.bfloat16, 64) in ("xformers", "sdpa")
     torch.testing.assert_close(attend(q, k, v, "auto"), attend(q, k, v, "math"), rtol=2e-2, atol=2e-2)
+
+
+def test_reconstruct_returns_predictions_masks_and_targets_in_token_order():
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    model = MAViL(cfg.model).eval()
+    audio, video = inputs(cfg, batch=2)
+    out = model.reconstruct(audio, video, mask_ratio=0.7)
+    assert out["audio_pred"].shape == out["audio_target"].shape == (2, 32, 256)
+    assert out["video_pred"].shape == out["video_target"].shape == (2, 32, 1536)
+    assert out["audio_mask"].sum(1).eq(32 - 10).all()  # 70%: round(32 * 0.3) = 10 visible
+    torch.testing.assert_close(out["audio_target"], patchify(audio, (16, 16)))

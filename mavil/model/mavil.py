@@ -125,20 +125,39 @@ class MAViL(nn.Module):
         loss = sum(weights.get(name, 1.0) * value for name, value in parts.items())
         return {"loss": loss, **parts}
 
-    def _draw_masks(self, a_tokens: torch.Tensor, v_tokens: torch.Tensor) -> tuple[Masking, Masking]:
-        batch, ratio, second = a_tokens.shape[0], self.cfg.mask_ratio, self.cfg.beta > 0
+    def _draw_masks(self, a_tokens: torch.Tensor, v_tokens: torch.Tensor, ratio: float | None = None,
+                    second_view: bool | None = None) -> tuple[Masking, Masking]:
+        batch = a_tokens.shape[0]
+        ratio = self.cfg.mask_ratio if ratio is None else ratio
+        second = self.cfg.beta > 0 if second_view is None else second_view
         return (random_masking(batch, a_tokens.shape[1], ratio, a_tokens.device, second_view=second),
                 random_masking(batch, v_tokens.shape[1], ratio, v_tokens.device, second_view=second))
 
+    def _predict(self, a_um, v_um, a_mask: Masking, v_mask: Masking) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fusion, then each decoder: (B, Na, target dim), (B, Nv, target dim) predictions for every token."""
+        a_mm, v_mm = self.backbone.fusion(a_um, v_um)
+        return self.audio_decoder(a_mm, a_mask.ids_restore), self.video_decoder(v_mm, v_mask.ids_restore)
+
     def _reconstruction(self, audio, video, a_um, v_um, a_mask: Masking, v_mask: Masking) -> dict[str, torch.Tensor]:
         """Eq. 1 (stage 1) or Eq. 5 (stage 2): masked MSE of each decoder's predictions against its targets."""
-        a_mm, v_mm = self.backbone.fusion(a_um, v_um)
-        a_pred = self.audio_decoder(a_mm, a_mask.ids_restore)  # (B, Na, target dim)
-        v_pred = self.video_decoder(v_mm, v_mask.ids_restore)  # (B, Nv, target dim)
+        a_pred, v_pred = self._predict(a_um, v_um, a_mask, v_mask)
         a_target, v_target = self.targets(audio, video)
         norm = self.cfg.norm_pix_loss
         return {"loss_recon_audio": masked_mse(a_pred, a_target, a_mask.mask, norm),
                 "loss_recon_video": masked_mse(v_pred, v_target, v_mask.mask, norm)}
+
+    @torch.no_grad()
+    def reconstruct(self, audio: torch.Tensor, video: torch.Tensor, mask_ratio: float | None = None) -> dict[str, torch.Tensor]:
+        """One masked pass without losses, for pictures: per modality the decoder's prediction of every token
+        (B, N, target dim), the mask (B, N) with 1 on hidden tokens, and the target (B, N, target dim), all in
+        token order. `mask_ratio` overrides the config's (the paper's figures use 0.7)."""
+        a_tokens, v_tokens = self.backbone.embed(audio, video)
+        a_mask, v_mask = self._draw_masks(a_tokens, v_tokens, mask_ratio, second_view=False)
+        a_um, v_um = self.backbone.encode(a_tokens, v_tokens, a_mask.ids_keep, v_mask.ids_keep)
+        a_pred, v_pred = self._predict(a_um, v_um, a_mask, v_mask)
+        a_target, v_target = self.targets(audio, video)
+        return {"audio_pred": a_pred, "audio_mask": a_mask.mask, "audio_target": a_target,
+                "video_pred": v_pred, "video_mask": v_mask.mask, "video_target": v_target}
 
     def targets(self, audio: torch.Tensor, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token targets: raw patches (stage 1) or the teacher's fused features on the full view (stage 2)."""
