@@ -8,7 +8,7 @@ from pathlib import Path
 
 from setuptools import setup
 
-DEV = {"pytest", "pytest-benchmark"}
+DEV = {"pytest", "pytest-benchmark", "scikit-learn"}  # scikit-learn: the tests' oracle for mAP and accuracy
 
 
 def pinned_requirements():
