@@ -1,0 +1,193 @@
+"""The DeepSpeed training loop that pre-training and fine-tuning share.
+
+A subclass says what to train and on what: `build_model`, `param_groups`, `epoch_loader` and
+`losses(batch)`; this class does the rest. The run directory (train.output_dir) gets config.json,
+metrics.jsonl, checkpoints/ and, at the end, model.safetensors. Relaunching the same command resumes
+from the newest complete checkpoint, data position included.
+
+Every rank runs the same number of micro-batches per epoch, a whole number of accumulation windows:
+the fewest any rank has, rounded down to a multiple of the accumulation steps. That keeps the ranks'
+gradient exchanges paired and lets every epoch end on an optimizer step (so a checkpoint never holds
+half-accumulated gradients); it leaves out at most one batch plus one accumulation window's worth of
+a rank's clips per epoch, a different tail each epoch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from ..config import Config, ConfigError, deepspeed_config, load_config
+from ..model import save_weights
+from . import checkpoint
+from .launch import init_distributed
+from .metrics import Metrics
+from .schedule import lr_at, set_lr
+
+
+class Trainer:
+    tokens_per_sample = 0  # for tokens/s in the metrics; subclasses set it
+
+    def __init__(self, cfg: Config, rank: int, world: int, device: torch.device):
+        self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
+        self.run_dir = Path(cfg.train.output_dir)
+        torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+        model = self.build_model()
+        torch.manual_seed(cfg.train.seed * 1000 + rank)  # masks and mixing differ per rank
+        self.engine = self._deepspeed(model)
+        self.accumulation = self.engine.gradient_accumulation_steps()
+        self.metrics = Metrics(self.run_dir / "metrics.jsonl", self.tokens_per_sample, device)
+        self.last_line: dict = {}
+        if rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+
+    # what a subclass provides
+    def build_model(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def param_groups(self, model: torch.nn.Module) -> list[dict]:
+        raise NotImplementedError
+
+    def epoch_loader(self, epoch: int):
+        """An iterable of batches with len(), this rank's part of `epoch`, the same on every relaunch."""
+        raise NotImplementedError
+
+    def losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        """{"loss": scalar to minimise, other named parts to log}."""
+        raise NotImplementedError
+
+    def finish(self) -> Path:
+        """After the last epoch: the consolidated export."""
+        return self.export()
+
+    # the loop
+    def _deepspeed(self, model: torch.nn.Module):
+        import deepspeed
+
+        ds_config = deepspeed_config(self.cfg, self.world)
+        ds_config["zero_allow_untested_optimizer"] = True  # our AdamW with its parameter groups
+        if self.device.type != "cuda":
+            ds_config["bf16"] = {"enabled": False}  # fp32 on the CPU
+        optimizer = torch.optim.AdamW(self.param_groups(model), lr=0.0, betas=tuple(self.cfg.train.betas))
+        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+        return engine
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.engine.bfloat16_enabled() else torch.float32
+
+    def micro_steps(self, loader) -> int:
+        count = torch.tensor([len(loader)], device=self.device)
+        dist.all_reduce(count, op=dist.ReduceOp.MIN)
+        total = int(count) // self.accumulation * self.accumulation
+        if total == 0:
+            raise ValueError(f"{len(loader)} micro-batches on a rank, fewer than the {self.accumulation} accumulation "
+                             f"steps of one optimizer step (train.global_batch too large for the data)")
+        return total
+
+    def run(self) -> Path:
+        state = checkpoint.load_latest(self.engine, self.run_dir) or {"epoch": 0, "micro_step": 0}
+        if self.engine.global_steps and self.rank == 0:
+            print(f"resuming at step {self.engine.global_steps}: epoch {state['epoch']}, micro-batch {state['micro_step']}")
+        for epoch in range(state["epoch"], self.cfg.train.epochs):
+            if self.train_epoch(epoch, state["micro_step"] if epoch == state["epoch"] else 0):
+                break
+        return self.finish()
+
+    def train_epoch(self, epoch: int, start: int) -> bool:
+        """Trains micro-batches start.. of `epoch`; -> True when train.max_steps is reached."""
+        loader = self.epoch_loader(epoch)
+        total = self.micro_steps(loader)
+        batches = iter(loader)
+        for _ in range(start):  # resume: the same order, fast-forwarded
+            next(batches)
+        bar = tqdm(total=total, initial=start, desc=f"epoch {epoch}", disable=self.rank != 0, dynamic_ncols=True)
+        for index in range(start, total):
+            if index % self.accumulation == 0:  # a new accumulation window: the lr of this point of training
+                set_lr(self.engine.optimizer, lr_at(epoch + index / total, self.cfg.train))
+            self.train_micro_batch(next(batches), epoch)
+            bar.update()
+            if (index + 1) % self.accumulation == 0 and self.after_optimizer_step(epoch, index + 1, total, bar):
+                bar.close()
+                return True
+        bar.close()
+        self.end_of_epoch(epoch)
+        return False
+
+    def end_of_epoch(self, epoch: int) -> None:
+        if self.rank == 0:
+            parts = ", ".join(f"{k} {v:.4f}" for k, v in self.last_line.items() if k.startswith("loss"))
+            print(f"epoch {epoch}: step {self.engine.global_steps}, {parts}", flush=True)
+
+    def train_micro_batch(self, batch: dict, epoch: int) -> None:
+        if self.cfg.train.record_keys:
+            with open(self.run_dir / f"keys-rank{self.rank}.jsonl", "a") as f:
+                f.write(json.dumps({"epoch": epoch, "step": self.engine.global_steps, "keys": batch["key"]}) + "\n")
+        losses = self.losses(batch)
+        self.engine.backward(losses["loss"])
+        self.engine.step()
+        self.metrics.add(losses, len(batch["key"]))
+
+    def after_optimizer_step(self, epoch: int, next_index: int, total: int, bar) -> bool:
+        """Logging and checkpoints; -> True when train.max_steps is reached."""
+        train, step = self.cfg.train, self.engine.global_steps
+        epoch_done = next_index == total
+        if step % train.log_every == 0 or epoch_done:
+            self.last_line = self.metrics.flush(step=step, epoch=epoch + next_index / total,
+                                                lr=self.engine.optimizer.param_groups[0]["lr"])
+            bar.set_postfix(loss=f"{self.last_line['loss']:.4f}", clips_s=f"{self.last_line['samples_per_s']:.1f}")
+            self.monitor(step)
+        finished = train.max_steps is not None and step >= train.max_steps
+        if finished or epoch_done or (train.checkpoint_every and step % train.checkpoint_every == 0):
+            self.save(epoch + 1, 0) if epoch_done else self.save(epoch, next_index)
+        return finished
+
+    def monitor(self, step: int) -> None:
+        """The metrics line to DeepSpeed's monitors (TensorBoard, W&B, CSV) where the config enables one."""
+        if self.engine.monitor.enabled:
+            events = [(f"Train/{name}", value, step) for name, value in self.last_line.items() if name != "step"]
+            self.engine.monitor.write_events(events)
+
+    def save(self, epoch: int, micro_step: int) -> None:
+        checkpoint.save(self.engine, self.run_dir, f"step{self.engine.global_steps:08d}",
+                        {"epoch": epoch, "micro_step": micro_step})
+
+    def export(self) -> Path:
+        path = self.run_dir / "model.safetensors"
+        if self.rank == 0:
+            save_weights(self.engine.module, path)
+            print(f"exported {path}")
+        dist.barrier()
+        return path
+
+
+def parse_args(argv: list[str] | None, doc: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="a run config (JSON)")
+    parser.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher")
+    parser.add_argument("overrides", nargs="*", help="section.key=value")
+    return parser.parse_args(argv)
+
+
+def main(trainer_class: type[Trainer], argv: list[str] | None, doc: str) -> int:
+    """Config (refused before any work when bad), process group, then train."""
+    args = parse_args(argv, doc)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    rank, world, device = init_distributed()
+    try:
+        deepspeed_config(cfg, world)  # a batch that cannot split over these ranks
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    trainer_class(cfg, rank, world, device).run()
+    return 0
