@@ -1,7 +1,7 @@
 """Overfit one fixed batch with the real model, stage 1 then stage 2, and report the losses.
 
     python -m mavil.engine.overfit --stage1 configs/tiny/stage1.json --stage2 configs/tiny/stage2.json \
-        [--steps 60] [--lr 2e-3] [--out runs/overfit] [section.key=value ...]
+        [--steps 80] [--lr 2e-3] [--out runs/overfit] [section.key=value ...]
 
 A sanity check of the whole model path on the CPU in seconds: stage 1 trains on raw targets and
 is exported to a consolidated weights file; stage 2 loads that file as its frozen teacher and
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage1", default="configs/tiny/stage1.json", help="stage-1 config")
     parser.add_argument("--stage2", default="configs/tiny/stage2.json", help="stage-2 config (its teacher is replaced)")
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--out", type=Path, default=Path("runs/overfit"))
     parser.add_argument("overrides", nargs="*", help="section.key=value, applied to both configs")

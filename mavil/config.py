@@ -1,6 +1,6 @@
-"""Run configuration: one JSON file with `model`, `data`, `train` and `deepspeed` sections.
+"""Run configuration: one JSON file with `model`, `data`, `train`, `deepspeed` and, for fine-tuning, `finetune` sections.
 
-`model`, `data` and `train` have typed schemas (the dataclasses below, whose defaults are the
+`model`, `data`, `train` and `finetune` have typed schemas (the dataclasses below, whose defaults are the
 paper's stage-1 settings); `deepspeed` is handed to `deepspeed.initialize` as DeepSpeed documents
 it, with the batch fields derived from `train` when the file leaves them out.
 
@@ -211,7 +211,58 @@ class TrainConfig:
             check.positive("max_steps", self.max_steps)
 
 
-SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+FINETUNE_MODES = ("audio", "video", "audio+video", "retrieval")
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning and evaluation (§4.3, App. B, Table 10); unused by pre-training. The optimiser, epochs, batch
+    and lr are the `train` section's, drop path the model's, the dataset mean and std the data's."""
+
+    mode: str = "audio"  # "audio", "video", "audio+video" (classification) or "retrieval" (contrastive pairs)
+    init: Optional[str] = None  # a pre-training export (.safetensors); None: random initialisation
+    loss: str = "bce"  # "bce" (multi-label, or with mixup) or "ce" (single-label, no mixup)
+    mixup: float = 0.5  # Beta(mixup, mixup) mixing weight; 0: off
+    specaug_time: int = 192  # SpecAugment: up to this many frames masked (one time mask)
+    specaug_freq: int = 48  # and up to this many mel bins (one frequency mask)
+    mask_time: float = 0.2  # fine-tuning masking: fraction of the audio's time patch-rows dropped
+    mask_freq: float = 0.2  # and of its frequency patch-columns
+    mask_video: float = 0.2  # fraction of the video tokens dropped (over space and time)
+    noise: bool = False  # "N": random noise at 20 dB SNR added to the spectrograms
+    weighted_sampling: bool = False  # App. B: draws with replacement, weights from label frequencies
+    sampling_size: int = 200_000  # draws per epoch with weighted sampling
+    fusion_depth: int = 3  # audio+video: vanilla Transformer layers over both encoders' tokens
+    video_lr_scale: float = 0.5  # audio+video: the video encoder's lr factor
+    eval_clips: int = 10  # multi-clip inference: uniformly spaced video windows, predictions averaged
+    eval_root: Optional[str] = None  # evaluation shards; None: a synthetic set of another seed
+    eval_synthetic_seed: int = 1
+    eval_synthetic_clips: int = 128
+    tau: float = 0.1  # retrieval: InfoNCE temperature
+
+    def validate(self, check: _Checker) -> None:
+        check.choice("mode", self.mode, FINETUNE_MODES)
+        if self.init is not None:
+            check.that("init", self.init, Path(self.init).is_file(), "no such file")
+        check.choice("loss", self.loss, ("bce", "ce"))
+        check.that("mixup", self.mixup, self.mixup >= 0, "must be >= 0")
+        check.that("loss", self.loss, self.loss == "bce" or self.mixup == 0,
+                   "mixed labels need BCE: use loss bce or finetune.mixup=0")
+        for key in ("specaug_time", "specaug_freq"):
+            check.that(key, getattr(self, key), getattr(self, key) >= 0, "must be >= 0")
+        for key in ("mask_time", "mask_freq", "mask_video"):
+            check.that(key, getattr(self, key), 0.0 <= getattr(self, key) < 1.0, "must be in [0, 1)")
+        for key in ("sampling_size", "eval_clips", "eval_synthetic_clips"):
+            check.positive(key, getattr(self, key))
+        check.that("fusion_depth", self.fusion_depth, self.fusion_depth >= 0, "must be >= 0")
+        check.positive("video_lr_scale", self.video_lr_scale)
+        check.positive("tau", self.tau)
+        if self.eval_root is not None:
+            check.that("eval_root", self.eval_root, (Path(self.eval_root) / "manifest.json").is_file(),
+                       "no manifest.json there: not a shard directory")
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig,
+                             "finetune": FinetuneConfig}
 
 
 @dataclass
@@ -219,6 +270,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     deepspeed: dict = field(default_factory=dict)
     source: str = "<defaults>"  # the file it came from, for messages
 

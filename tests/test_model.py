@@ -27,8 +27,8 @@ def test_shapes_through_every_part(fusion):
     torch.manual_seed(0)
     model = MAViL(m)
     audio, video = inputs(cfg, batch=3)
-    na, nv = m.audio_tokens, m.video_tokens  # 8 x 4 = 32 and 2 x 4 x 4 = 32
-    assert (na, nv) == (32, 32)
+    na, nv = m.audio_tokens, m.video_tokens  # 24 x 4 = 96 and 2 x 4 x 4 = 32
+    assert (na, nv) == (96, 32)
     a_tokens, v_tokens = model.backbone.embed(audio, video)
     assert a_tokens.shape == (3, na, 64) and v_tokens.shape == (3, nv, 64)
     a_mask = random_masking(3, na, m.mask_ratio, "cpu", second_view=True)
@@ -70,7 +70,7 @@ def test_zero_weights_skip_their_losses():
 def test_wrong_input_shape_is_named():
     cfg = tiny_config()
     audio, video = inputs(cfg)
-    with pytest.raises(ValueError, match=r"expects input \(B, 1, 128, 64\), got \(2, 1, 100, 64\)"):
+    with pytest.raises(ValueError, match=r"expects input \(B, 1, 384, 64\), got \(2, 1, 100, 64\)"):
         MAViL(cfg.model)(audio[:, :, :100], video)
 
 
@@ -143,7 +143,7 @@ def test_reconstruct_returns_predictions_masks_and_targets_in_token_order():
     model = MAViL(cfg.model).eval()
     audio, video = inputs(cfg, batch=2)
     out = model.reconstruct(audio, video, mask_ratio=0.7)
-    assert out["audio_pred"].shape == out["audio_target"].shape == (2, 32, 256)
+    assert out["audio_pred"].shape == out["audio_target"].shape == (2, 96, 256)
     assert out["video_pred"].shape == out["video_target"].shape == (2, 32, 1536)
-    assert out["audio_mask"].sum(1).eq(32 - 10).all()  # 70%: round(32 * 0.3) = 10 visible
+    assert out["audio_mask"].sum(1).eq(96 - 29).all()  # 70%: round(96 * 0.3) = 29 visible
     torch.testing.assert_close(out["audio_target"], patchify(audio, (16, 16)))

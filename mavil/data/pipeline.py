@@ -62,18 +62,57 @@ class LoaderSpec:
                    d.audio_std, d.sample_rate, tuple(d.crop_scale), d.flip_prob, d.time_shift, max(d.num_workers, 1))
 
 
+class ClipIndex:
+    """Where each clip's members lie in the shards (from the DALI index files), clips numbered in manifest
+    order: random access for samplers, read straight from the memory-mapped tars."""
+
+    def __init__(self, root: Path, manifest: dict):
+        self.members: list[dict[str, tuple[int, int, int]]] = []  # per clip: ext -> (shard, offset, size)
+        self.tars = [np.memmap(root / shard["tar"], dtype=np.uint8, mode="r") for shard in manifest["shards"]]
+        for number, shard in enumerate(manifest["shards"]):
+            for line in (root / shard["index"]).read_text().splitlines()[1:]:
+                fields = line.split()
+                self.members.append({ext: (number, int(offset), int(size))
+                                     for ext, offset, size in zip(fields[0::4], fields[1::4], fields[2::4])})
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def read(self, clip: int, exts: tuple[str, ...]) -> np.ndarray:
+        """The bytes of the first of `exts` the clip has, as a uint8 array."""
+        ext = next(e for e in exts if e in self.members[clip])
+        shard, offset, size = self.members[clip][ext]
+        return np.array(self.tars[shard][offset:offset + size])
+
+    def meta(self, clip: int) -> dict:
+        return decode_meta(self.read(clip, ("json",)).tobytes())
+
+
+def _clip_source(index: ClipIndex, clips: list[int]):
+    """DALI external source (per sample): the members of clips[i] for the i-th sample of the epoch."""
+    def source(info):
+        if info.idx_in_epoch >= len(clips):
+            raise StopIteration
+        clip = clips[info.idx_in_epoch]
+        return index.read(clip, ("webm", "mp4")), index.read(clip, ("flac",)), index.read(clip, ("json",))
+    return source
+
+
 def _dali_pipeline(paths: list[str], index_paths: list[str], spec: LoaderSpec, shard_id: int, num_shards: int,
-                   seed: int, device_id: int | None):
+                   seed: int, device_id: int | None, source=None):
     from nvidia.dali import fn, pipeline_def, types
 
     on_gpu = device_id is not None
 
     @pipeline_def(batch_size=spec.batch_size, num_threads=spec.num_threads, device_id=device_id, seed=seed)
     def pipeline():
-        video, audio, meta = fn.readers.webdataset(
-            paths=paths, index_paths=index_paths, ext=["webm;mp4", "flac", "json"], name="reader",
-            shard_id=shard_id, num_shards=num_shards, random_shuffle=spec.train, initial_fill=spec.shuffle_buffer,
-            pad_last_batch=True, missing_component_behavior="error")
+        if source is None:
+            video, audio, meta = fn.readers.webdataset(
+                paths=paths, index_paths=index_paths, ext=["webm;mp4", "flac", "json"], name="reader",
+                shard_id=shard_id, num_shards=num_shards, random_shuffle=spec.train,
+                initial_fill=spec.shuffle_buffer, pad_last_batch=True, missing_component_behavior="error")
+        else:
+            video, audio, meta = fn.external_source(source=source, num_outputs=3, batch=False, dtype=types.UINT8)
         frames = fn.decoders.video(video, device="mixed" if on_gpu else "cpu")  # (n, H, W, 3) uint8
         clip = _window(fn, types, frames, spec)
         clip = _augment(fn, types, clip, spec)
@@ -122,10 +161,14 @@ def _augment(fn, types, clip, spec: LoaderSpec):
 
 
 class Loader:
-    """Iterates batches of one rank's part of a shard directory, epoch after epoch (one `for` loop = one epoch)."""
+    """Iterates batches of one rank's part of a shard directory, epoch after epoch (one `for` loop = one epoch).
+
+    With `clips` (this rank's clip numbers for an epoch, in manifest order, e.g. weighted draws) the loader
+    reads exactly those clips in that order instead, whole batches only (a partial last batch is left out).
+    """
 
     def __init__(self, root: str | Path, spec: LoaderSpec, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 device: torch.device | str | None = None):
+                 device: torch.device | str | None = None, clips: list[int] | None = None):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         self.root, self.spec = Path(root), spec
@@ -135,9 +178,17 @@ class Loader:
         device_id = (self.device.index or 0) if self.device.type == "cuda" else None
         paths = [str(self.root / s["tar"]) for s in manifest["shards"]]
         index_paths = [str(self.root / s["index"]) for s in manifest["shards"]]
-        pipe = _dali_pipeline(paths, index_paths, spec, rank, world_size, seed, device_id)
-        self._iterator = DALIGenericIterator(pipe, ["video", "wave", "length", "meta"], reader_name="reader",
-                                             last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True)
+        outputs = ["video", "wave", "length", "meta"]
+        if clips is None:
+            pipe = _dali_pipeline(paths, index_paths, spec, rank, world_size, seed, device_id)
+            self._iterator = DALIGenericIterator(pipe, outputs, reader_name="reader",
+                                                 last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True)
+        else:
+            clips = list(clips)[: len(clips) // spec.batch_size * spec.batch_size]
+            source = _clip_source(ClipIndex(self.root, manifest), clips)
+            pipe = _dali_pipeline(paths, index_paths, spec, rank, world_size, seed, device_id, source)
+            self._iterator = DALIGenericIterator(pipe, outputs, size=len(clips), auto_reset=True,
+                                                 last_batch_policy=LastBatchPolicy.DROP)
         self._shift = torch.Generator().manual_seed(seed * 1000 + rank)
 
     def __len__(self) -> int:

@@ -36,3 +36,18 @@ def random_masking(batch: int, tokens: int, mask_ratio: float, device: torch.dev
     mask = (ids_restore >= visible).float()
     second = ids_shuffle[:, visible:2 * visible] if second_view else None
     return Masking(ids_shuffle[:, :visible], ids_restore, mask, second)
+
+
+def time_frequency_keep(batch: int, grid: tuple[int, int], drop_time: float, drop_freq: float,
+                        device: torch.device | str) -> torch.Tensor:
+    """Audio fine-tuning masking (Audio-MAE's): drop whole rows of time patches and columns of frequency patches.
+
+    grid = (time rows, frequency columns) of the patch grid; each sample keeps round(rows * (1 - drop_time))
+    random rows and round(columns * (1 - drop_freq)) random columns. -> (B, kept rows * kept columns) token ids
+    (row-major ids, row * columns + column), the same count for every sample.
+    """
+    rows, columns = grid
+    keep_rows, keep_columns = num_visible(rows, drop_time), num_visible(columns, drop_freq)
+    kept_rows = torch.rand(batch, rows, device=device).argsort(dim=1)[:, :keep_rows]  # (B, kr)
+    kept_columns = torch.rand(batch, columns, device=device).argsort(dim=1)[:, :keep_columns]  # (B, kc)
+    return (kept_rows[:, :, None] * columns + kept_columns[:, None, :]).flatten(1)  # (B, kr * kc)

@@ -28,17 +28,29 @@ from .vit import init_weights
 AUDIO_CHANNELS, VIDEO_CHANNELS = 1, 3
 
 
+def _encoder_args(cfg: ModelConfig) -> dict:
+    return dict(dim=cfg.encoder_dim, depth=cfg.encoder_depth, heads=cfg.encoder_heads, mlp_ratio=cfg.mlp_ratio,
+                drop_path=cfg.drop_path, backend=cfg.attention)
+
+
+def audio_encoder(cfg: ModelConfig) -> ModalityEncoder:
+    """f_a: a ViT over the (1, frames, mel bins) spectrogram's patches."""
+    return ModalityEncoder(AUDIO_CHANNELS, (cfg.audio_frames, cfg.audio_mel_bins), tuple(cfg.audio_patch),
+                           **_encoder_args(cfg))
+
+
+def video_encoder(cfg: ModelConfig) -> ModalityEncoder:
+    """f_v: a ViT over the (3, frames, size, size) clip's tubelets."""
+    return ModalityEncoder(VIDEO_CHANNELS, (cfg.video_frames, cfg.video_size, cfg.video_size), tuple(cfg.video_patch),
+                           **_encoder_args(cfg))
+
+
 class Backbone(nn.Module):
     """The encoders f_a, f_v and the fusion g_av: what the student, the teacher and fine-tuning share."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        enc = dict(dim=cfg.encoder_dim, depth=cfg.encoder_depth, heads=cfg.encoder_heads, mlp_ratio=cfg.mlp_ratio,
-                   drop_path=cfg.drop_path, backend=cfg.attention)
-        self.audio_encoder = ModalityEncoder(AUDIO_CHANNELS, (cfg.audio_frames, cfg.audio_mel_bins),
-                                             tuple(cfg.audio_patch), **enc)
-        self.video_encoder = ModalityEncoder(VIDEO_CHANNELS, (cfg.video_frames, cfg.video_size, cfg.video_size),
-                                             tuple(cfg.video_patch), **enc)
+        self.audio_encoder, self.video_encoder = audio_encoder(cfg), video_encoder(cfg)
         fusion = (cfg.encoder_dim, cfg.fusion_depth, cfg.encoder_heads, cfg.mlp_ratio, cfg.drop_path, cfg.attention)
         self.fusion = VanillaFusion(*fusion) if cfg.fusion == "vanilla" else BottleneckFusion(*fusion, cfg.bottleneck_tokens)
         self.dim = cfg.encoder_dim

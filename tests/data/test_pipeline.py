@@ -154,3 +154,12 @@ def test_decoded_clip_keeps_its_frames(clips):
 def test_missing_manifest_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no manifest.json: not a shard directory"):
         Loader(tmp_path, LoaderSpec(batch_size=1), device="cpu")
+
+
+def test_given_clips_are_read_in_their_order(clips):
+    spec = LoaderSpec(batch_size=2, audio_frames=64, video_frames=2, video_size=32, train=True)
+    order = [5, 5, 0, 6, 2]  # with repeats, as weighted draws have; the partial last batch is left out
+    loader = Loader(clips, spec, device="cpu", clips=order)
+    assert len(loader) == 2
+    for _ in range(2):  # epochs repeat the same list
+        assert [key for batch in loader for key in batch["key"]] == ["clip005", "clip005", "clip000", "clip006"]

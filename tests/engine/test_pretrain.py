@@ -10,28 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from mavil.model import load_teacher, read_weights
 from mavil.engine.pretrain import fingerprint
+from mavil.model import load_teacher, read_weights
 
 from ..conftest import REPO
-
-DEEPSPEED = Path(sys.executable).with_name("deepspeed")
-
-
-def launch(tmp: Path, run: str, *overrides: str, config: str = "configs/tiny/stage1.json", procs: int = 2) -> Path:
-    """Runs the launcher to completion; -> the run directory. The synthetic set is cached in `tmp`."""
-    run_dir = tmp / run
-    env = {**os.environ, "MAVIL_CACHE": str(tmp / "cache"), "MASTER_PORT": "0"}
-    env.pop("TRITON_INTERPRET", None)
-    command = [str(DEEPSPEED), "--num_gpus", str(procs), "--master_port", str(29500 + os.getpid() % 1000),
-               "engine/pretrain.py", "--config", config, f"train.output_dir={run_dir}", "train.log_every=1", *overrides]
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return run_dir
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+from .launcher import launch, metrics
 
 
 @pytest.fixture(scope="module")

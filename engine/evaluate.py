@@ -1,0 +1,137 @@
+"""Evaluation of a fine-tuned model: mAP and top-1 accuracy (1-clip and multi-clip), or audio-video retrieval.
+
+    python -m mavil.engine.evaluate --run RUN_DIR [--data DIR]          # one process
+    deepspeed --num_gpus 8 engine/evaluate.py --run RUN_DIR              # ranks split the set, scores gathered
+
+Classification: every clip of the evaluation set once (each rank a contiguous part, predictions gathered
+in rank order, the loader's last batch partial, never padded, so no clip counts twice); the 1-clip
+prediction uses the centre 4-s window; the multi-clip one (video modes) averages the probabilities of
+`finetune.eval_clips` uniformly spaced windows with the same audio (App. B "Inference", Table 11).
+mAP is the mean over classes with at least one positive of the average precision (`scores.py`); accuracy
+is top-1 against the first label. Retrieval: audio-to-video (and video-to-audio) R@1/5/10 and median rank
+over the evaluation pairs, one similarity matrix product (`scores.retrieval_metrics`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script (the deepspeed launcher does): import as the package
+    __package__ = "mavil.engine"
+    import mavil.engine  # noqa: F401
+
+import torch
+import torch.distributed as dist
+
+from ..config import Config, config_from_dict
+from ..data.pipeline import Loader, LoaderSpec
+from ..data.shards import read_manifest
+from ..model.classifier import Classifier
+from ..model.weights import read_weights
+from .scores import accuracy, chance_recall, gather_predictions, mean_average_precision, retrieval_metrics
+
+
+def eval_root(cfg: Config, rank: int) -> Path:
+    """finetune.eval_root, or the synthetic set of the evaluation seed (generated once by rank 0)."""
+    ft = cfg.finetune
+    if ft.eval_root is not None:
+        return Path(ft.eval_root)
+    from ..data.synthetic import ensure_synthetic
+
+    args = dict(clips=ft.eval_synthetic_clips, classes=cfg.data.synthetic_classes, seed=ft.eval_synthetic_seed,
+                duration=cfg.data.synthetic_duration)
+    root = ensure_synthetic(**args) if rank == 0 else None
+    if dist.is_initialized():
+        dist.barrier()
+    return root or ensure_synthetic(**args)
+
+
+def _rank_world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def _loader(cfg: Config, root: Path, device: torch.device, eval_clips: int) -> Loader:
+    spec = LoaderSpec.from_config(cfg, cfg.train.micro_batch, train=False)
+    spec.eval_clips = eval_clips
+    rank, world = _rank_world()
+    return Loader(root, spec, rank=rank, world_size=world, seed=cfg.train.seed, device=device)
+
+
+@torch.no_grad()
+def class_scores(model: Classifier, loader: Loader, multi_label: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (N, C) probabilities (averaged over a batch's video windows) and (N, C) labels, gathered over ranks."""
+    dtype = next(model.parameters()).dtype
+    probabilities, labels = [], []
+    for batch in loader:
+        audio, video = batch["audio"].to(dtype), batch["video"].to(dtype)
+        windows = video.unbind(1) if video.dim() == 6 else (video,)  # (B, clips, 3, T, S, S) in multi-clip
+        logits = [model(audio, window).float() for window in windows]
+        probs = [l.sigmoid() if multi_label else l.softmax(dim=-1) for l in logits]
+        probabilities.append(torch.stack(probs).mean(dim=0))
+        labels.append(batch["label"].to(probabilities[-1].device))
+    return gather_predictions(torch.cat(probabilities)), gather_predictions(torch.cat(labels))
+
+
+@torch.no_grad()
+def retrieval_embeddings(model: Classifier, loader: Loader) -> tuple[torch.Tensor, torch.Tensor]:
+    dtype = next(model.parameters()).dtype
+    pairs = [model.embeddings(b["audio"].to(dtype), b["video"].to(dtype)) for b in loader]
+    return (gather_predictions(torch.cat([a for a, _ in pairs]).float()),
+            gather_predictions(torch.cat([v for _, v in pairs]).float()))
+
+
+def evaluate(model: Classifier, cfg: Config, root: Path, device: torch.device) -> dict:
+    """Scores of `model` on the shard directory `root` (every rank calls it; all get the same dict)."""
+    was_training = model.training
+    model.eval()
+    mode, ft = cfg.finetune.mode, cfg.finetune
+    if mode == "retrieval":
+        audio_emb, video_emb = retrieval_embeddings(model, _loader(cfg, root, device, 1))
+        result = {"pairs": len(audio_emb), **retrieval_metrics(audio_emb, video_emb, both_directions=True),
+                  "chance_R@1": chance_recall(len(audio_emb), 1)}
+    else:
+        multi_label = ft.loss == "bce"
+        scores, labels = class_scores(model, _loader(cfg, root, device, 1), multi_label)
+        result = {"clips": len(scores), "mAP": mean_average_precision(scores, labels)[0], "accuracy": accuracy(scores, labels)}
+        if mode != "audio" and ft.eval_clips > 1:
+            scores, labels = class_scores(model, _loader(cfg, root, device, ft.eval_clips), multi_label)
+            result.update({f"mAP_{ft.eval_clips}clips": mean_average_precision(scores, labels)[0],
+                           f"accuracy_{ft.eval_clips}clips": accuracy(scores, labels)})
+    model.train(was_training)
+    return result
+
+
+def load_run(run_dir: Path, device: torch.device) -> tuple[Classifier, Config]:
+    """The fine-tuned model of a run directory (its config.json and model.safetensors)."""
+    raw = json.loads((run_dir / "config.json").read_text())
+    raw["finetune"]["init"] = None  # the run's own weights replace the initialisation
+    cfg = config_from_dict(raw, source=str(run_dir / "config.json"))
+    state, _ = read_weights(run_dir / "model.safetensors")
+    classes = state["head.weight"].shape[0] if "head.weight" in state else 0
+    model = Classifier(cfg.model, cfg.finetune.mode, classes, cfg.finetune.fusion_depth)
+    model.load_state_dict(state)
+    return model.to(device), cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, type=Path, help="a fine-tuning run directory")
+    parser.add_argument("--data", type=Path, help="evaluation shards (default: the run's finetune.eval_root or synthetic)")
+    parser.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher")
+    args = parser.parse_args(argv)
+    from .launch import init_distributed
+
+    rank, _, device = init_distributed()
+    model, cfg = load_run(args.run, device)
+    root = args.data or eval_root(cfg, rank)
+    read_manifest(root)
+    scores = evaluate(model, cfg, root, device)
+    if rank == 0:
+        print(json.dumps(scores, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""The fine-tuning network (§4.3, App. B): the pre-trained encoders only, average-pooled tokens, a linear head.
+
+- audio / video: one encoder, the mean of its patch tokens ([CLS] excluded), LayerNorm, linear head.
+- audio+video: both encoders, then a `fusion_depth`-layer vanilla Transformer over their concatenated patch
+  tokens, the mean over all of them, LayerNorm, head (the paper's 3-layer fusion for audio+video).
+- retrieval: both encoders and no head; `embeddings` gives each modality's pooled tokens, trained with InfoNCE.
+
+Fine-tuning masking (training only) drops tokens before the encoders: audio by whole time rows and
+frequency columns of patches, video by random tokens over space and time (the ids come from the engine).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from .mavil import audio_encoder, video_encoder
+from .vit import LayerNorm, Transformer, init_weights
+from .weights import read_weights
+
+ENCODER_PREFIX = "backbone."
+
+
+class Classifier(nn.Module):
+    def __init__(self, cfg: ModelConfig, mode: str, num_classes: int, fusion_depth: int = 3):
+        super().__init__()
+        self.cfg, self.mode = cfg, mode
+        if mode != "video":
+            self.audio_encoder = audio_encoder(cfg)
+        if mode != "audio":
+            self.video_encoder = video_encoder(cfg)
+        if mode == "audio+video":
+            self.fusion = Transformer(cfg.encoder_dim, fusion_depth, cfg.encoder_heads, cfg.mlp_ratio, cfg.drop_path,
+                                      cfg.attention)
+        self.fc_norm = LayerNorm(cfg.encoder_dim)
+        self.head = nn.Linear(cfg.encoder_dim, num_classes) if mode != "retrieval" else None
+        self.apply(init_weights)
+        if self.head is not None:
+            nn.init.trunc_normal_(self.head.weight, std=2e-5)  # MAE's fine-tuning head
+
+    def encode(self, encoder: nn.Module, x: torch.Tensor, ids_keep: torch.Tensor | None) -> torch.Tensor:
+        """(B, C, *size) -> (B, K, dim) patch tokens ([CLS] dropped)."""
+        return encoder.encode(encoder.embed(x), ids_keep)[:, 1:]
+
+    def forward(self, audio: torch.Tensor | None = None, video: torch.Tensor | None = None,
+                audio_keep: torch.Tensor | None = None, video_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """-> (B, classes) logits from the modalities of the mode; in retrieval mode the two embeddings."""
+        if self.mode == "retrieval":
+            return self.embeddings(audio, video, audio_keep, video_keep)
+        tokens = []
+        if self.mode != "video":
+            tokens.append(self.encode(self.audio_encoder, audio, audio_keep))
+        if self.mode != "audio":
+            tokens.append(self.encode(self.video_encoder, video, video_keep))
+        x = torch.cat(tokens, dim=1)
+        if self.mode == "audio+video":
+            x = self.fusion(x)
+        return self.head(self.fc_norm(x.mean(dim=1)))
+
+    def embeddings(self, audio: torch.Tensor, video: torch.Tensor, audio_keep=None, video_keep=None):
+        """Retrieval: (B, dim) audio and video embeddings, each the mean of its encoder's patch tokens."""
+        return (self.encode(self.audio_encoder, audio, audio_keep).mean(dim=1),
+                self.encode(self.video_encoder, video, video_keep).mean(dim=1))
+
+
+def load_encoders(model: Classifier, path: str) -> list[str]:
+    """Copies a pre-training export's encoders into `model` (all of their tensors, or an error naming what
+    does not fit). -> the names of the encoders loaded."""
+    state, _ = read_weights(path)
+    loaded = []
+    for name in ("audio_encoder", "video_encoder"):
+        if not hasattr(model, name):
+            continue
+        prefix = f"{ENCODER_PREFIX}{name}."
+        encoder_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        try:
+            getattr(model, name).load_state_dict(encoder_state, strict=True)
+        except RuntimeError as err:
+            raise ValueError(f"{path}: its {name} does not fit the fine-tuning model: {err}") from None
+        loaded.append(name)
+    return loaded
