@@ -133,3 +133,23 @@ def test_deepspeed_batch_that_cannot_split_over_ranks_is_refused():
     cfg = load_config(CONFIGS / "stage1.json", ["deepspeed.train_batch_size=256"])
     with pytest.raises(ConfigError, match="deepspeed.train_batch_size = 256 disagrees"):
         deepspeed_config(cfg, 1)
+
+
+TABLE_10 = {  # lr_base, warm-up, epochs, batch, weighted, noise, SpecAug t/f, mixup, loss, mean, std
+    "as2m": (2e-4, 20, 100, 512, True, False, (192, 48), 0.5, "bce", -4.268, 4.569),
+    "as20k": (1e-3, 4, 60, 64, False, False, (192, 48), 0.5, "bce", -4.268, 4.569),
+    "vggsound": (2e-4, 4, 60, 256, True, True, (192, 48), 0.5, "bce", -5.189, 3.260),
+    "esc50": (1e-3, 4, 60, 64, False, False, (96, 24), 0.0, "ce", -6.627, 5.359),
+    "spc1": (1e-3, 1, 10, 256, False, True, (48, 48), 0.5, "bce", -6.702, 5.448),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TABLE_10))
+def test_finetune_configs_carry_table_10(name):
+    cfg = load_config(CONFIGS / "finetune" / f"{name}.json")
+    t, ft = cfg.train, cfg.finetune
+    actual = (t.lr_base, t.warmup_epochs, t.epochs, t.global_batch, ft.weighted_sampling, ft.noise,
+              (ft.specaug_time, ft.specaug_freq), ft.mixup, ft.loss, cfg.data.audio_mean, cfg.data.audio_std)
+    assert actual == TABLE_10[name]
+    assert (t.weight_decay, t.betas, t.min_lr, t.grad_clip, cfg.model.drop_path) == (1e-5, [0.9, 0.95], 1e-6, None, 0.1)
+    assert ft.sampling_size == 200_000 and (ft.mask_time, ft.mask_freq, ft.mask_video) == (0.2, 0.2, 0.2)
