@@ -30,22 +30,16 @@ from ..data.pipeline import Loader, LoaderSpec
 from ..data.shards import read_manifest
 from ..model.classifier import Classifier
 from ..model.weights import read_weights
+from .launch import synthetic_set
 from .scores import accuracy, chance_recall, gather_predictions, mean_average_precision, retrieval_metrics
 
 
-def eval_root(cfg: Config, rank: int) -> Path:
-    """finetune.eval_root, or the synthetic set of the evaluation seed (generated once by rank 0)."""
+def eval_root(cfg: Config) -> Path:
+    """finetune.eval_root, or the synthetic set of the evaluation seed."""
     ft = cfg.finetune
     if ft.eval_root is not None:
         return Path(ft.eval_root)
-    from ..data.synthetic import ensure_synthetic
-
-    args = dict(clips=ft.eval_synthetic_clips, classes=cfg.data.synthetic_classes, seed=ft.eval_synthetic_seed,
-                duration=cfg.data.synthetic_duration)
-    root = ensure_synthetic(**args) if rank == 0 else None
-    if dist.is_initialized():
-        dist.barrier()
-    return root or ensure_synthetic(**args)
+    return synthetic_set(cfg.data, seed=ft.eval_synthetic_seed, clips=ft.eval_synthetic_clips)
 
 
 def _rank_world() -> tuple[int, int]:
@@ -125,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rank, _, device = init_distributed()
     model, cfg = load_run(args.run, device)
-    root = args.data or eval_root(cfg, rank)
+    root = args.data or eval_root(cfg)
     read_manifest(root)
     scores = evaluate(model, cfg, root, device)
     if rank == 0:

@@ -39,7 +39,7 @@ from .trainer import Trainer, main
 
 class Finetuner(Trainer):
     def __init__(self, cfg, rank, world, device):
-        self.root = dataset_root(cfg.data, rank)
+        self.root = dataset_root(cfg.data)
         self.manifest = read_manifest(self.root)
         self.num_classes = len(self.manifest["label_names"])
         self.mode = cfg.finetune.mode
@@ -111,7 +111,7 @@ class Finetuner(Trainer):
 
     def finish(self) -> Path:
         path = self.export()
-        scores = evaluate(self.engine.module, self.cfg, eval_root(self.cfg, self.rank), self.device)
+        scores = evaluate(self.engine.module, self.cfg, eval_root(self.cfg), self.device)
         if self.rank == 0:
             (self.run_dir / "eval.json").write_text(json.dumps(scores, indent=1) + "\n")
             print("evaluation: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"

@@ -38,15 +38,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def dataset_root(data: DataConfig, rank: int) -> Path:
-    """data.root, or the embedded synthetic set, generated once into the cache by rank 0 while the others wait."""
-    if data.root is not None:
-        return Path(data.root)
+def synthetic_set(data: DataConfig, seed: int | None = None, clips: int | None = None) -> Path:
+    """The embedded synthetic set of the config's synthetic_* settings (seed and clips overridable), generated
+    once into the cache. Under a process group rank 0 generates while the others wait."""
     from ..data.synthetic import ensure_synthetic
 
-    args = dict(clips=data.synthetic_clips, classes=data.synthetic_classes, seed=data.synthetic_seed,
-                duration=data.synthetic_duration)
-    if rank == 0:
+    args = dict(clips=clips or data.synthetic_clips, classes=data.synthetic_classes,
+                seed=data.synthetic_seed if seed is None else seed, duration=data.synthetic_duration)
+    distributed = dist.is_available() and dist.is_initialized()
+    if not distributed or dist.get_rank() == 0:
         root = ensure_synthetic(**args)
-    dist.barrier()
-    return root if rank == 0 else ensure_synthetic(**args)  # the others find it made
+    if distributed:
+        dist.barrier()
+    return ensure_synthetic(**args) if distributed and dist.get_rank() else root  # the others find it made
+
+
+def dataset_root(data: DataConfig) -> Path:
+    """data.root, or the embedded synthetic set."""
+    return Path(data.root) if data.root is not None else synthetic_set(data)

@@ -31,7 +31,7 @@ from .trainer import Trainer, main
 
 class Pretrainer(Trainer):
     def __init__(self, cfg, rank, world, device):
-        self.root = dataset_root(cfg.data, rank)
+        self.root = dataset_root(cfg.data)
         self.tokens_per_sample = cfg.model.audio_tokens + cfg.model.video_tokens
         super().__init__(cfg, rank, world, device)
 

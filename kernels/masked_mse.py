@@ -24,13 +24,18 @@ NORM_PIX_EPS = 1e-6
 MAX_TRITON_DIM = 16384  # one program holds a whole token
 
 
+def norm_pix_stats(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, N, D) -> each token's mean and sqrt(unbiased variance + eps), (B, N, 1) each: what norm_pix divides by."""
+    target = target.float()
+    return target.mean(dim=-1, keepdim=True), (target.var(dim=-1, keepdim=True) + NORM_PIX_EPS).sqrt()
+
+
 def masked_mse_reference(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_pix: bool = False) -> torch.Tensor:
     # pred, target: (B, N, D), mask: (B, N)  ->  ()
     target = target.float()
     if norm_pix:
-        mean = target.mean(dim=-1, keepdim=True)
-        var = target.var(dim=-1, keepdim=True)
-        target = (target - mean) / (var + NORM_PIX_EPS).sqrt()
+        mean, std = norm_pix_stats(target)
+        target = (target - mean) / std
     err = (pred.float() - target).pow(2).mean(dim=-1)  # (B, N)
     mask = mask.float()
     return (err * mask).sum() / mask.sum()
