@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from ..config import Config, ConfigError, deepspeed_config, load_config
+from ..config import Config, ConfigError, config_parser, deepspeed_config, load_config
 from ..model import save_weights
 from . import checkpoint
 from .launch import init_distributed
@@ -168,10 +168,8 @@ class Trainer:
 
 
 def parse_args(argv: list[str] | None, doc: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="a run config (JSON)")
+    parser = config_parser(doc)
     parser.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher")
-    parser.add_argument("overrides", nargs="*", help="section.key=value")
     return parser.parse_args(argv)
 
 

@@ -13,6 +13,7 @@ This module is a leaf: it imports nothing else from `mavil`.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -398,6 +399,14 @@ def load_config(path: str | Path, overrides: typing.Iterable[str] = ()) -> Confi
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
     return config_from_dict(apply_overrides(raw, overrides), source=str(path))
+
+
+def config_parser(description: str) -> argparse.ArgumentParser:
+    """The command line every tool that reads a run config shares: `--config FILE [section.key=value ...]`."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="a run config (JSON)")
+    parser.add_argument("overrides", nargs="*", help="section.key=value")
+    return parser
 
 
 def deepspeed_config(config: Config, world_size: int) -> dict:

@@ -23,14 +23,13 @@ embeddings, encoders on 1 + N tokens, fusion) and predicts encoder_dim-wide feat
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
 import sys
 from pathlib import Path
 
-from ..config import ConfigError, ModelConfig, apply_overrides, load_config, num_visible
+from ..config import ConfigError, ModelConfig, apply_overrides, config_parser, load_config, num_visible
 
 TRAINED, FORWARD_ONLY = 3, 1  # FLOPs per step as multiples of the forward: forward + 2 x forward backward; teacher
 # The paper's run per stage (§4.2, App. B): 64 A100s, ~20 hours, 20 epochs of AudioSet-2M (~2M clips).
@@ -173,11 +172,9 @@ def model_config(path: str, overrides: list[str]) -> ModelConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="a run config (JSON)")
+    parser = config_parser(__doc__)
     parser.add_argument("--batch", type=int, default=64, help="per-device batch (default 64)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("overrides", nargs="*", help="section.key=value")
     args = parser.parse_args(argv)
     try:
         cfg = model_config(args.config, args.overrides)

@@ -6,14 +6,13 @@ The model is built on the meta device, so even ViT-B costs no memory or time.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 import torch
 from torch import nn
 
-from ..config import ConfigError, ModelConfig, load_config, num_visible
+from ..config import ConfigError, ModelConfig, config_parser, load_config, num_visible
 from .mavil import MAViL
 
 PAPER_PARAMETERS = {"encoders_and_fusion": 164_000_000, "decoders": 27_000_000}  # §4.2 and App. B
@@ -55,10 +54,8 @@ def format_summary(summary: dict, source: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="a run config (JSON)")
+    parser = config_parser(__doc__)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("overrides", nargs="*", help="section.key=value")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
