@@ -8,9 +8,13 @@ must equal. The Triton kernels come behind these same functions; the model calls
 
 Each public function runs Triton on CUDA tensors and the reference elsewhere; MAVIL_KERNELS=
 reference|triton|auto (default auto) forces a path (see `_dispatch`). This package imports torch
-and triton only; it knows no model.
+and triton only (and the leaf `mavil.deps`, which names the pip package when triton does not import);
+it knows no model.
 """
+from ..deps import require
 from . import _dispatch  # first: it prepares Triton's interpreter before any kernel is defined
+
+require("triton")  # the kernels below import it: fail naming the package and its install command
 from .info_nce import info_nce, info_nce_global, info_nce_reference
 from .masked_gather import masked_gather, masked_gather_reference
 from .masked_mse import masked_mse, masked_mse_reference

@@ -5,8 +5,11 @@
 - "math": the plain reference, softmax(q k^T / sqrt(Dh)) v computed in fp32.
 - "auto": xformers where it imports and runs for the tensors' device, dtype and head size, else sdpa.
 
-The choice is resolved once per (backend, device type, dtype, head size) and logged. (B, L, H, Dh)
-is xformers' layout and what the fused qkv projection yields without a copy.
+The choice is resolved once per (backend, device type, dtype, head size) and logged at INFO; where a GPU
+falls back to sdpa (xformers missing, or not running for that dtype and head size) a warning says why, once
+per reason, a missing package with its pip requirement and install command.
+"xformers" where it cannot run is an error; the engine refuses it before any work (`why_xformers_unavailable`).
+(B, L, H, Dh) is xformers' layout and what the fused qkv projection yields without a copy.
 """
 from __future__ import annotations
 
@@ -16,9 +19,9 @@ import logging
 import torch
 import torch.nn.functional as F
 
-log = logging.getLogger(__name__)
+from ..deps import MissingDependency, require
 
-XFORMERS_INSTALL = "pip install xformers==0.0.35"
+log = logging.getLogger(__name__)
 
 
 def attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -41,15 +44,25 @@ def attention_xformers(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tor
 BACKENDS = {"xformers": attention_xformers, "sdpa": attention_sdpa, "math": attention_math}
 
 
-@functools.lru_cache(maxsize=None)
-def why_xformers_cannot_run(device_type: str, dtype: torch.dtype, head_dim: int) -> str | None:
-    """None when xformers runs here; otherwise the reason, for the log or the error."""
+def why_xformers_unavailable(device_type: str) -> str | None:
+    """Without touching a device: None when xformers may run on `device_type` tensors; otherwise the reason."""
     if device_type != "cuda":
         return f"xformers has no kernels for {device_type} tensors"
     try:
-        import xformers.ops
-    except ImportError as err:
-        return f"xformers does not import ({err}); install it with: {XFORMERS_INSTALL}"
+        require("xformers.ops")
+    except MissingDependency as err:
+        return str(err)
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def why_xformers_cannot_run(device_type: str, dtype: torch.dtype, head_dim: int) -> str | None:
+    """None when xformers runs here; otherwise the reason, for the log or the error."""
+    reason = why_xformers_unavailable(device_type)
+    if reason:
+        return reason
+    import xformers.ops
+
     probe = torch.zeros(1, 8, 1, head_dim, device=device_type, dtype=dtype)
     try:
         xformers.ops.memory_efficient_attention(probe, probe, probe)
@@ -68,7 +81,15 @@ def resolve_backend(backend: str, device_type: str, dtype: torch.dtype, head_dim
     chosen = ("sdpa" if reason else "xformers") if backend == "auto" else backend
     log.info("attention: %s -> %s for %s %s, head size %d%s", backend, chosen, device_type,
              str(dtype).removeprefix("torch."), head_dim, f" ({reason})" if reason else "")
+    if reason and device_type == "cuda":
+        _warn_fallback(reason)
     return chosen
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_fallback(reason: str) -> None:
+    """A GPU run slower than it could be: said once per reason (a missing xformers once, not once per head size)."""
+    log.warning("attention: xformers cannot run, sdpa instead: %s", reason)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "auto") -> torch.Tensor:
