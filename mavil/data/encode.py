@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import io
 
-import av
 import numpy as np
+
+from ..deps import require
+
+av = require("av")  # PyAV; a missing one is named with its pip requirement and install command
 
 VIDEO_FPS = 2
 SHORT_SIDE = 256
@@ -40,15 +43,17 @@ def encode_video(frames: np.ndarray, fps: int = VIDEO_FPS) -> bytes:
 
 
 def encode_audio(waveform: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
-    """(T,) float waveform in [-1, 1] -> FLAC bytes (16-bit, mono)."""
-    if waveform.ndim != 1:
-        raise ValueError(f"waveform: expected a mono (T,) array, got shape {waveform.shape}")
-    pcm = (np.clip(waveform, -1.0, 1.0) * 32767).astype(np.int16)[None]  # (1, T)
+    """(T,) float waveform in [-1, 1] -> FLAC bytes (16-bit, mono); a (2, T) waveform gives stereo (tests of
+    shards that need a downmix)."""
+    if waveform.ndim != 1 and waveform.shape[0] != 2:
+        raise ValueError(f"waveform: expected a mono (T,) or stereo (2, T) array, got shape {waveform.shape}")
+    layout = "mono" if waveform.ndim == 1 else "stereo"
+    pcm = (np.clip(waveform, -1.0, 1.0) * 32767).astype(np.int16).T.reshape(1, -1)  # (1, T * channels) interleaved
     buffer = io.BytesIO()
     with av.open(buffer, "w", format="flac") as container:
         stream = container.add_stream("flac", rate=sample_rate)
-        stream.layout = "mono"
-        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        stream.layout = layout
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout=layout)
         frame.sample_rate = sample_rate
         container.mux(stream.encode(frame))
         container.mux(stream.encode())

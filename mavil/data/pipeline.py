@@ -4,9 +4,10 @@
     for batch in loader:   # {"audio": (B, 1, F, mel), "video": (B, 3, T, S, S), "label": (B, C), "key": [...]}
 
 In DALI (CPU pipeline without CUDA; GPU decode and augmentation with it):
-- `fn.readers.webdataset` over every shard, split per data-parallel rank (`shard_id`, `num_shards`).
-  DALI's epoch semantics: the clips form one list; in each epoch every rank reads one contiguous
-  1/world part of it, the parts rotating across epochs (so together the ranks see every clip exactly
+- `fn.readers.webdataset` over the usable clips of every shard (`mavil.data.health` leaves, for each shard
+  with a broken clip, a DALI index of its usable clips only: DALI fails a whole batch on one bad sample), split
+  per data-parallel rank (`shard_id`, `num_shards`). DALI's epoch semantics: the usable clips form one list;
+  in each epoch every rank reads one contiguous 1/world part of it, the parts rotating across epochs (so together the ranks see every clip exactly
   once per epoch, disjointly), shuffled within a buffer of `shuffle_buffer` clips seeded by `seed`.
   The last batch of a rank is partial, never padded with repeats.
 - video: decode every frame of the clip (stored at 2 fps), take `video_frames` consecutive frames
@@ -14,8 +15,8 @@ In DALI (CPU pipeline without CUDA; GPU decode and augmentation with it):
   multi-clip inference), looping cyclically to the beginning when the clip is shorter; training: random resized crop (area `crop_scale`, aspect 3/4..4/3) and a
   horizontal flip with `flip_prob`; evaluation: resize the short side and centre crop; ImageNet
   mean/std normalisation; layout C, T, H, W.
-- audio: decode to 16 kHz mono float, padded with zeros to the longest clip of the batch; the real
-  length travels beside it.
+- audio: decode to 16 kHz mono float (other rates resampled, several channels averaged: the repairs the
+  health check counts), padded with zeros to the longest clip of the batch; the real length travels beside it.
 After DALI, in PyTorch on the same device: the Kaldi-exact fbank of each clip (mean removed over its
 real samples, `mavil.data.fbank`), cut or zero-padded to `audio_frames`, in training rolled by a
 random circular time shift (the paper's "R"), normalised as (x - mean) / (2 * std).
@@ -24,12 +25,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from ..deps import require
 from .fbank import fbank, to_model_input
-from .shards import decode_meta, read_manifest
+from .shards import decode_meta, index_members, read_index
+
+if TYPE_CHECKING:  # the health check is imported where a loader starts: it loads PyAV, which this module does not need
+    from .health import DataHealth
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -63,17 +69,17 @@ class LoaderSpec:
 
 
 class ClipIndex:
-    """Where each clip's members lie in the shards (from the DALI index files), clips numbered in manifest
-    order: random access for samplers, read straight from the memory-mapped tars."""
+    """Where each clip's members lie in the shards, from (tar, DALI index) pairs, clips numbered in their order:
+    random access for samplers, read straight from the memory-mapped tars. Given `DataHealth.usable_shards()`, it
+    numbers the usable clips in manifest order, the numbering `Loader(clips=...)` takes."""
 
-    def __init__(self, root: Path, manifest: dict):
+    def __init__(self, shards: list[tuple[Path, Path]]):
         self.members: list[dict[str, tuple[int, int, int]]] = []  # per clip: ext -> (shard, offset, size)
-        self.tars = [np.memmap(root / shard["tar"], dtype=np.uint8, mode="r") for shard in manifest["shards"]]
-        for number, shard in enumerate(manifest["shards"]):
-            for line in (root / shard["index"]).read_text().splitlines()[1:]:
-                fields = line.split()
-                self.members.append({ext: (number, int(offset), int(size))
-                                     for ext, offset, size in zip(fields[0::4], fields[1::4], fields[2::4])})
+        self.tars = [np.memmap(tar, dtype=np.uint8, mode="r") for tar, _ in shards]
+        for number, (_, index) in enumerate(shards):
+            for line in read_index(index):
+                self.members.append({ext: (number, offset, size)
+                                     for ext, (offset, size, _) in index_members(line).items()})
 
     def __len__(self) -> int:
         return len(self.members)
@@ -163,21 +169,28 @@ def _augment(fn, types, clip, spec: LoaderSpec):
 class Loader:
     """Iterates batches of one rank's part of a shard directory, epoch after epoch (one `for` loop = one epoch).
 
-    With `clips` (this rank's clip numbers for an epoch, in manifest order, e.g. weighted draws) the loader
-    reads exactly those clips in that order instead, whole batches only (a partial last batch is left out).
+    With `clips` (this rank's clip numbers for an epoch, numbering the usable clips in manifest order, e.g.
+    weighted draws) the loader reads exactly those clips in that order instead, whole batches only (a partial last
+    batch is left out). Only usable clips are read (`health`: the directory's `DataHealth`, checked here if None).
     """
 
     def __init__(self, root: str | Path, spec: LoaderSpec, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 device: torch.device | str | None = None, clips: list[int] | None = None):
+                 device: torch.device | str | None = None, clips: list[int] | None = None,
+                 health: DataHealth | None = None):
+        require("nvidia.dali.plugin.pytorch")  # a missing DALI is named with its pip requirement and install command
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
+        from .health import ensure_health
+
         self.root, self.spec = Path(root), spec
-        manifest = read_manifest(self.root)
-        self.label_names = manifest["label_names"]
+        self.health = health or ensure_health(self.root, progress=False)
+        self.label_names = self.health.manifest["label_names"]
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         device_id = (self.device.index or 0) if self.device.type == "cuda" else None
-        paths = [str(self.root / s["tar"]) for s in manifest["shards"]]
-        index_paths = [str(self.root / s["index"]) for s in manifest["shards"]]
+        shards = self.health.usable_shards()
+        if not shards:
+            raise ValueError(f"{self.root}: no usable clip (see {self.health.report})")
+        paths, index_paths = [str(tar) for tar, _ in shards], [str(index) for _, index in shards]
         outputs = ["video", "wave", "length", "meta"]
         if clips is None:
             pipe = _dali_pipeline(paths, index_paths, spec, rank, world_size, seed, device_id)
@@ -185,7 +198,7 @@ class Loader:
                                                  last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True)
         else:
             clips = list(clips)[: len(clips) // spec.batch_size * spec.batch_size]
-            source = _clip_source(ClipIndex(self.root, manifest), clips)
+            source = _clip_source(ClipIndex(shards), clips)
             pipe = _dali_pipeline(paths, index_paths, spec, rank, world_size, seed, device_id, source)
             self._iterator = DALIGenericIterator(pipe, outputs, size=len(clips), auto_reset=True,
                                                  last_batch_policy=LastBatchPolicy.DROP)

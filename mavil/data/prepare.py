@@ -31,12 +31,14 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-import av
 import numpy as np
 from tqdm import tqdm
 
 from mavil.data.encode import ENCODING, SAMPLE_RATE, SHORT_SIDE, VIDEO_FPS, encode_audio, encode_video
 from mavil.data.shards import MANIFEST, ShardWriter, encode_meta, write_manifest
+from mavil.deps import require
+
+av = require("av")  # PyAV; a missing one is named with its pip requirement and install command
 
 MAX_DURATION = 600.0  # s: longer files are skipped (encode_video holds a clip's frames in memory)
 MAX_EXIT_STATUS = 100

@@ -3,6 +3,7 @@
 A dataset directory holds
     shard-000000.tar, shard-000000.idx, ...   tar shards and their DALI index files
     manifest.json                             what is inside (below)
+    health.json, health-index/                added by `mavil.data.health`: which clips are usable (loaders read those)
 
 Per clip, tar members sharing the clip's key:
     <key>.webm   VP9 video at 2 fps, short side 256 (decodes on CPU and GPU); or <key>.mp4 (H.264, GPU only)
@@ -53,9 +54,13 @@ class ShardWriter:
             raise ValueError(f"clip {key}: video extension {video_ext!r} is not one of {VIDEO_EXTS}")
         if "." in key or "/" in key:
             raise ValueError(f"clip key {key!r}: must not contain '.' or '/' (WebDataset splits on them)")
+        self.add_members(key, [(video_ext, video), ("flac", audio), ("json", encode_meta({**meta, "key": key}))])
+
+    def add_members(self, key: str, members: list[tuple[str, bytes]]) -> None:
+        """One clip as the given (extension, bytes) members, unchecked: `add` checks a complete clip first; the
+        tests call this directly to write clips with a member missing, as other tools' shards may have them."""
         if self._tar is None or self.shards[-1]["clips"] == self.clips_per_shard:
             self._open_next()
-        members = ((video_ext, video), ("flac", audio), ("json", encode_meta({**meta, "key": key})))
         entries = [self._add_member(f"{key}.{ext}", ext, data) for ext, data in members]
         self._index_lines.append(" ".join(entries))
         self.shards[-1]["clips"] += 1
@@ -78,13 +83,29 @@ class ShardWriter:
         if self._tar is None:
             return
         self._tar.close()
-        lines = [f"v1.2 {len(self._index_lines)}", *self._index_lines]
-        (self.out_dir / self.shards[-1]["index"]).write_text("\n".join(lines) + "\n")
+        (self.out_dir / self.shards[-1]["index"]).write_text(index_text(self._index_lines))
         self._tar, self._index_lines = None, []
 
     def close(self) -> list[dict]:
         self._finish_shard()
         return self.shards
+
+
+def index_text(lines: list[str]) -> str:
+    """A DALI index file (format v1.2): the header "v1.2 <clips>", then one line per clip as `read_index` reads it."""
+    return "\n".join([f"v1.2 {len(lines)}", *lines]) + "\n"
+
+
+def read_index(path: str | Path) -> list[str]:
+    """The clip lines of a DALI index file, header dropped; per clip, per member: "ext data_offset size name"."""
+    return [line for line in Path(path).read_text().splitlines()[1:] if line.strip()]
+
+
+def index_members(line: str) -> dict[str, tuple[int, int, str]]:
+    """One clip line of an index -> {extension: (data offset, size, member name)}."""
+    fields = line.split()
+    return {ext: (int(offset), int(size), name)
+            for ext, offset, size, name in zip(fields[0::4], fields[1::4], fields[2::4], fields[3::4])}
 
 
 def write_manifest(out_dir: str | Path, shards: list[dict], label_names: list[str], encoding: dict,
@@ -102,11 +123,18 @@ def read_manifest(root: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{root}: no {MANIFEST}: not a shard directory (make one with python -m mavil.data.prepare "
                                 f"or python -m mavil.data.synthetic)")
-    manifest = json.loads(path.read_text())
-    if not manifest["shards"]:
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{root}: {MANIFEST} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("label_names"), list):
+        raise ValueError(f"{root}: {MANIFEST} is not a shard manifest (no list of label_names)")
+    if not manifest.get("shards"):
         raise ValueError(f"{root}: the manifest lists no shards")
     for shard in manifest["shards"]:
         for key in ("tar", "index"):
+            if not isinstance(shard, dict) or not isinstance(shard.get(key), str):
+                raise ValueError(f"{root}: a shard of the manifest names no {key} file: {json.dumps(shard)}")
             if not (Path(root) / shard[key]).is_file():
                 raise FileNotFoundError(f"{root}: shard file {shard[key]} listed in the manifest is missing")
     return manifest

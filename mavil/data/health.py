@@ -1,0 +1,393 @@
+"""Data health: which clips of a shard directory can be used as they are, which need a repair, which are skipped.
+
+DALI fails a whole batch when one of its samples fails to decode, and cannot say which, so broken clips must be
+found before DALI sees them. `ensure_health(root)` checks every clip the DALI index files list, once (the result is
+cached), and every loader reads only the usable clips:
+
+  checked per clip  its members are listed (video, .flac, .json) and lie inside the tar (a truncated tar loses the
+                    clips past its end); the metadata parses; the video decodes with PyAV to at least one frame; the
+                    audio decodes to at least one sample, and to every sample its header declares (DALI refuses a
+                    FLAC stream that ends early, where PyAV alone might not). Noted: sample rate, channels, samples,
+                    frames.
+  unusable (skipped)  missing_video, missing_audio, missing_meta, truncated, meta_undecodable, video_empty,
+                    video_undecodable, audio_empty, audio_undecodable
+  repaired (used)   audio_resampled (another sample rate), audio_downmixed (several channels), short_audio (fewer
+                    samples than the model's audio window: the fbank is zero-padded at the end, as Audio-MAE pads),
+                    short_video (fewer frames than the video window: the window loops to the first frame). Repairs are
+                    the loaders' ordinary path: DALI's decoder resamples and averages channels, the reference loader
+                    does the same with torchaudio; short counts depend on the windows, so they are counted per run.
+  the report        health.json, one entry per shard keyed by the tar's and the index's size and mtime (a changed
+                    shard is checked again, an unchanged one never); written atomically into the dataset directory,
+                    or, where that is not writable, into <cache>/health/<name>-<hash>/ (mavil.data.synthetic's cache).
+                    Beside it, for each shard with a skipped clip, health-index/<shard>.idx: the DALI index of its
+                    usable clips only. The loaders pass those index files to DALI's reader, so its semantics (the
+                    split over ranks, shuffling, exact resume) hold over the usable clips unchanged; clip numbers
+                    (`ClipIndex`, `Loader(clips=...)`, the weighted draws) count the usable clips in manifest order.
+  the ceiling       `DataHealth.check_ceiling(max_bad_fraction)` refuses a set whose unusable fraction is above
+                    data.max_bad_fraction, naming the directory, the counts per kind and the report.
+
+    python -m mavil.data.health DIR [--workers N]      # check (or re-read) a set and print its counts
+
+Large sets are checked by a process pool with a progress bar; the engine lets rank 0 check while the other ranks
+wait, and a set checked beforehand with the command above starts at once.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from mavil.config import ConfigError
+from mavil.data.fbank import samples_for_frames
+from mavil.data.prepare import default_workers, map_in_order
+from mavil.data.shards import META_BYTES, VIDEO_EXTS, decode_meta, index_members, index_text, read_index, read_manifest
+from mavil.data.synthetic import default_cache_dir
+from mavil.deps import require
+
+av = require("av")  # PyAV; a missing one is named with its pip requirement and install command
+
+REPORT, INDEX_DIR, HEALTH_VERSION = "health.json", "health-index", 1
+UNUSABLE_KINDS = ("missing_video", "missing_audio", "missing_meta", "truncated", "meta_undecodable", "video_empty",
+                  "video_undecodable", "audio_empty", "audio_undecodable")
+REPAIRED_KINDS = ("audio_resampled", "audio_downmixed", "short_audio", "short_video")
+SERIAL_BELOW = 256  # clips: smaller sets are checked in this process (a process pool takes seconds to start)
+EXAMPLES = 3  # unusable clips named per kind in the command's output
+
+
+class UnusableData(ConfigError):
+    """A data set too broken to train on: refused before any work, like a config that cannot run."""
+
+
+@dataclass(frozen=True)
+class Windows:
+    """What the model reads of a clip: `audio_frames` fbank frames at `sample_rate`, `video_frames` frames."""
+
+    sample_rate: int = 16000
+    audio_frames: int = 1024
+    video_frames: int = 8
+
+    @classmethod
+    def from_config(cls, cfg) -> "Windows":
+        return cls(cfg.data.sample_rate, cfg.model.audio_frames, cfg.model.video_frames)
+
+
+# checking one clip (runs in the pool's workers)
+class Bad(Exception):
+    """A clip that cannot be used: args = (kind, detail)."""
+
+
+def check_clip(job: tuple[str, int, str, int]) -> list:
+    """(tar path, tar size, index line, classes) -> [sample_rate, channels, samples, frames] of a usable clip, or
+    [key, kind, detail] of an unusable one."""
+    tar, tar_size, line, classes = job
+    members = index_members(line)
+    key = next(iter(members.values()))[2].partition(".")[0] if members else "?"
+    try:
+        return check_members(tar, tar_size, members, classes)
+    except Bad as bad:
+        return [key, *bad.args]
+
+
+def check_members(tar: str, tar_size: int, members: dict[str, tuple[int, int, str]], classes: int) -> list:
+    video_ext = next((ext for ext in VIDEO_EXTS if ext in members), None)
+    for ext, kind in ((video_ext, "missing_video"), ("flac", "missing_audio"), ("json", "missing_meta")):
+        if ext not in members:
+            raise Bad(kind, f"no {'/'.join(VIDEO_EXTS) if ext is None else ext} member")
+    for offset, size, name in members.values():
+        if offset + size > tar_size:
+            raise Bad("truncated", f"{name} ends at byte {offset + size}, past the tar's end at {tar_size}")
+    video, audio, meta = (read_member(tar, members[ext]) for ext in (video_ext, "flac", "json"))
+    check_meta(meta, classes)
+    frames = count_frames(video)
+    return [*audio_facts(audio), frames]
+
+
+def check_meta(raw: bytes, classes: int) -> None:
+    """Bad unless the metadata is what the loaders batch: META_BYTES of JSON with the clip's key and labels in
+    [0, classes)."""
+    if len(raw) != META_BYTES:
+        raise Bad("meta_undecodable", f"{len(raw)} bytes, not the shard format's {META_BYTES}")
+    try:
+        meta = decode_meta(raw)
+    except (UnicodeDecodeError, ValueError) as error:
+        raise Bad("meta_undecodable", str(error)) from None
+    labels = meta.get("labels", []) if isinstance(meta, dict) else None
+    if not isinstance(meta, dict) or not isinstance(meta.get("key"), str):
+        raise Bad("meta_undecodable", "not a JSON object with a key")
+    if not isinstance(labels, list) or not all(isinstance(c, int) and 0 <= c < classes for c in labels):
+        raise Bad("meta_undecodable", f"labels {labels} are not class indices below {classes}")
+
+
+def read_member(tar: str, member: tuple[int, int, str]) -> bytes:
+    offset, size, _ = member
+    with open(tar, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
+
+
+def count_frames(data: bytes) -> int:
+    """The video's decodable frames; Bad when there are none or it does not decode."""
+    if not data:
+        raise Bad("video_empty", "0 bytes")
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            frames = sum(1 for _ in container.decode(video=0))
+    except Exception as error:  # noqa: BLE001 -- whatever FFmpeg raises, the clip is unusable
+        raise Bad("video_undecodable", f"{type(error).__name__}: {error}") from None
+    if frames == 0:
+        raise Bad("video_empty", "no frame decodes")
+    return frames
+
+
+def audio_facts(data: bytes) -> tuple[int, int, int]:
+    """(sample rate, channels, samples per channel) of the audio; Bad when it does not decode in full."""
+    if not data:
+        raise Bad("audio_empty", "0 bytes")
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            stream = container.streams.audio[0]
+            samples = sum(frame.samples for frame in container.decode(stream))
+            rate, channels = stream.sample_rate, stream.channels
+            declared = stream.duration * stream.time_base * rate if stream.duration and stream.time_base else 0
+    except Exception as error:  # noqa: BLE001
+        raise Bad("audio_undecodable", f"{type(error).__name__}: {error}") from None
+    if samples == 0:
+        raise Bad("audio_empty", "no sample decodes")
+    if samples < declared:
+        raise Bad("audio_undecodable", f"decoded {samples} of the {int(declared)} samples its header declares")
+    return rate, channels, samples
+
+
+# the report
+@dataclass(frozen=True)
+class ShardHealth:
+    tar: Path
+    index: Path  # what DALI reads: the shard's own index, or the one of its usable clips beside the report
+    clips: int
+    usable: list[list[int]]  # per usable clip, in index order: [line, sample_rate, channels, samples, frames]
+    bad: list[dict]  # per unusable clip: {"line", "key", "kind", "detail"}
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Clips per kind under one model's windows."""
+
+    clips: int
+    usable: int
+    unusable: dict[str, int]  # every unusable kind, zeros included
+    repaired: dict[str, int]  # every repaired kind, zeros included
+    repaired_clips: int  # clips with at least one repair
+
+    def fields(self) -> dict[str, int]:
+        """For metrics lines and eval.json: data_clips, data_used, data_skipped, data_repaired, and data_<kind> for
+        each kind that has clips (an absent kind has none)."""
+        return {"data_clips": self.clips, "data_used": self.usable, "data_skipped": self.clips - self.usable,
+                "data_repaired": self.repaired_clips,
+                **{f"data_{kind}": count for kind, count in {**self.unusable, **self.repaired}.items() if count}}
+
+    def __str__(self) -> str:
+        return (f"{self.usable} of {self.clips} clips used, {self.clips - self.usable} skipped{by_kind(self.unusable)}, "
+                f"{self.repaired_clips} repaired{by_kind(self.repaired)}")
+
+
+def by_kind(counts: dict[str, int]) -> str:
+    """' (video_undecodable 30, missing_audio 7)': the non-zero counts, largest first; '' when there are none."""
+    shown = [f"{kind} {count}" for kind, count in sorted(counts.items(), key=lambda item: -item[1]) if count]
+    return f" ({', '.join(shown)})" if shown else ""
+
+
+class DataHealth:
+    """The checked state of a shard directory (from `ensure_health`)."""
+
+    def __init__(self, root: Path, report: Path, manifest: dict, shards: list[ShardHealth]):
+        self.root, self.report, self.manifest, self.shards = root, report, manifest, shards
+
+    @property
+    def clips(self) -> int:
+        return sum(shard.clips for shard in self.shards)
+
+    @property
+    def usable(self) -> int:
+        return sum(len(shard.usable) for shard in self.shards)
+
+    def usable_shards(self) -> list[tuple[Path, Path]]:
+        """(tar, index) of each shard with a usable clip, in manifest order: what DALI and ClipIndex read."""
+        return [(shard.tar, shard.index) for shard in self.shards if shard.usable]
+
+    def unusable_counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(UNUSABLE_KINDS, 0)
+        for shard in self.shards:
+            for clip in shard.bad:
+                counts[clip["kind"]] += 1
+        return counts
+
+    def tally(self, windows: Windows) -> Tally:
+        counts, repaired_clips = dict.fromkeys(REPAIRED_KINDS, 0), 0
+        needed = samples_for_frames(windows.audio_frames, windows.sample_rate)
+        for shard in self.shards:
+            for _, rate, channels, samples, frames in shard.usable:
+                kinds = [kind for kind, applies in (
+                    ("audio_resampled", rate != windows.sample_rate), ("audio_downmixed", channels > 1),
+                    ("short_audio", math.ceil(samples * windows.sample_rate / rate) < needed),
+                    ("short_video", frames < windows.video_frames)) if applies]
+                for kind in kinds:
+                    counts[kind] += 1
+                repaired_clips += bool(kinds)
+        return Tally(self.clips, self.usable, self.unusable_counts(), counts, repaired_clips)
+
+    def check_ceiling(self, max_bad_fraction: float) -> None:
+        """Raises UnusableData when more than `max_bad_fraction` of the clips are unusable, or none is usable."""
+        bad = self.clips - self.usable
+        if self.usable and bad <= max_bad_fraction * self.clips:
+            return
+        raise UnusableData(f"{self.root}: {bad} of {self.clips} clips ({100 * bad / max(self.clips, 1):.1f}%) are "
+                           f"unusable{by_kind(self.unusable_counts())}, above data.max_bad_fraction={max_bad_fraction:g}; "
+                           f"the report is {self.report}")
+
+    def unusable_examples(self, per_kind: int = EXAMPLES) -> dict[str, list[str]]:
+        """kind -> 'shard: key (detail)' of its first few clips."""
+        examples: dict[str, list[str]] = {}
+        for shard in self.shards:
+            for clip in shard.bad:
+                named = examples.setdefault(clip["kind"], [])
+                if len(named) < per_kind:
+                    named.append(f"{shard.tar.name}: {clip['key']} ({clip['detail']})")
+        return examples
+
+
+def file_stamp(path: Path) -> list[int]:
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def report_dirs(root: Path) -> list[Path]:
+    """Where a report may live: the dataset directory, else this dataset's folder in the cache."""
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+    return [root, default_cache_dir() / "health" / f"{root.name}-{digest}"]
+
+
+def read_reports(root: Path) -> list[tuple[Path, dict]]:
+    """(directory, shard entries) of each report of the current version there is, the dataset directory's first."""
+    reports = []
+    for folder in report_dirs(root):
+        try:
+            report = json.loads((folder / REPORT).read_text())
+        except (OSError, ValueError):
+            continue
+        if report.get("version") == HEALTH_VERSION:
+            reports.append((folder, report["shards"]))
+    return reports
+
+
+def is_fresh(entry: dict | None, root: Path, shard: dict, folder: Path | None) -> bool:
+    """Whether a report entry still describes the shard: same tar and index stamps, its usable index present."""
+    if entry is None or folder is None:
+        return False
+    stamps_match = entry["tar"] == file_stamp(root / shard["tar"]) and entry["index"] == file_stamp(root / shard["index"])
+    return stamps_match and (not entry["bad"] or (folder / INDEX_DIR / shard["index"]).is_file())
+
+
+def stale_shards(root: Path, manifest: dict, folder: Path | None, entries: dict) -> list[dict]:
+    """The manifest's shards that the report in `folder` (its shard `entries`) does not describe as they are now."""
+    return [shard for shard in manifest["shards"] if not is_fresh(entries.get(shard["tar"]), root, shard, folder)]
+
+
+def scan(root: Path, shards: list[dict], classes: int, workers: int | None, progress: bool) -> dict[str, dict]:
+    """Checks every clip of `shards` (labels must index `classes` classes) -> report entries by tar name."""
+    lines = {shard["tar"]: read_index(root / shard["index"]) for shard in shards}
+    sizes = {shard["tar"]: (root / shard["tar"]).stat().st_size for shard in shards}
+    jobs = [(str(root / tar), sizes[tar], line, classes) for tar in lines for line in lines[tar]]
+    if workers is None:
+        workers = default_workers() if len(jobs) >= SERIAL_BELOW else 1
+    entries = {shard["tar"]: {"tar": file_stamp(root / shard["tar"]), "index": file_stamp(root / shard["index"]),
+                              "clips": len(lines[shard["tar"]]), "usable": [], "bad": []} for shard in shards}
+    owners = [(tar, number) for tar in lines for number in range(len(lines[tar]))]
+    checks = map_in_order(check_clip, jobs, workers, f"checking {root.name}", progress)
+    for result, (tar, number) in zip(checks, owners):  # the checks first: zip runs them to their end (and the bar's)
+        if len(result) == 3:
+            entries[tar]["bad"].append(dict(zip(("line", "key", "kind", "detail"), [number, *result])))
+        else:
+            entries[tar]["usable"].append([number, *result])
+    return entries
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Writes `text` to a temporary file beside `path`, then renames it over `path`: readers see all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        os.fchmod(handle, 0o644)  # mkstemp's 0600 would hide the report from the set's other users
+        with os.fdopen(handle, "w") as f:
+            f.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_report(root: Path, manifest: dict, entries: dict[str, dict]) -> Path:
+    """Writes the usable-clip indexes and health.json into the first report directory that takes them."""
+    for folder in report_dirs(root):
+        try:
+            for shard in manifest["shards"]:
+                entry = entries[shard["tar"]]
+                if entry["bad"]:
+                    lines = read_index(root / shard["index"])
+                    write_atomic(folder / INDEX_DIR / shard["index"], index_text([lines[u[0]] for u in entry["usable"]]))
+            report = {"version": HEALTH_VERSION, "root": str(root), "shards": entries}
+            write_atomic(folder / REPORT, json.dumps(report, separators=(",", ":")) + "\n")
+            return folder
+        except OSError:
+            continue
+    raise OSError(f"{root}: cannot write {REPORT} there nor into {report_dirs(root)[-1]}")
+
+
+def ensure_health(root: str | Path, workers: int | None = None, progress: bool = True) -> DataHealth:
+    """The health of the shard directory `root`: read from its report where that is current, the shards that
+    changed (or all, the first time) checked and the report rewritten. workers None: a process per CPU for large
+    sets, this process for small ones."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    reports = read_reports(root) or [(None, {})]
+    folder, entries = min(reports, key=lambda report: len(stale_shards(root, manifest, *report)))  # ties: the first
+    stale = stale_shards(root, manifest, folder, entries)
+    if stale:
+        entries = {**entries, **scan(root, stale, len(manifest["label_names"]), workers, progress)}
+        folder = write_report(root, manifest, {shard["tar"]: entries[shard["tar"]] for shard in manifest["shards"]})
+    shards = [shard_health(root, folder, shard, entries[shard["tar"]]) for shard in manifest["shards"]]
+    return DataHealth(root, folder / REPORT, manifest, shards)
+
+
+def shard_health(root: Path, folder: Path, shard: dict, entry: dict) -> ShardHealth:
+    index = folder / INDEX_DIR / shard["index"] if entry["bad"] else root / shard["index"]
+    return ShardHealth(root / shard["tar"], index, entry["clips"], entry["usable"], entry["bad"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mavil.data.health", description=__doc__.split("\n\n")[0])
+    parser.add_argument("root", type=Path, help="a shard directory (with manifest.json)")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU for large sets)")
+    parser.add_argument("--audio-frames", type=int, default=Windows.audio_frames, help="the model's audio window")
+    parser.add_argument("--video-frames", type=int, default=Windows.video_frames, help="the model's video window")
+    parser.add_argument("--sample-rate", type=int, default=Windows.sample_rate)
+    args = parser.parse_args(argv)
+    try:
+        health = ensure_health(args.root, args.workers)
+    except (FileNotFoundError, ValueError) as error:
+        parser.error(str(error))
+    print(f"{args.root}: {health.tally(Windows(args.sample_rate, args.audio_frames, args.video_frames))}")
+    for kind, named in health.unusable_examples().items():
+        print(f"  {kind}: " + "; ".join(named))
+    print(f"report: {health.report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""A shard set with real faulty clips, one per way data breaks in the wild, for the reliability tests.
+
+Good clips are the synthetic set's (4 s, 8 frames at 2 fps, 16 kHz mono); the faulty ones are made of the
+same clips, broken as they break in practice:
+
+    bad-corrupt-video   the WebM bytes overwritten with noise after its first 64 bytes  -> video_undecodable
+    bad-corrupt-flac    the FLAC bytes noise after its first 200 bytes (PyAV: 0 samples) -> audio_empty
+    bad-missing-flac    no .flac member at all                                          -> missing_audio
+    bad-empty-video     a .webm member of 0 bytes                                        -> video_empty
+    bad-truncated       the last clip of the last shard, the tar cut inside its video    -> truncated
+    fix-8khz-stereo     8 kHz stereo FLAC (left: the clip's audio, right: half of it)    -> audio_resampled, audio_downmixed
+    fix-2s              a 2-s clip (4 frames)               -> short_audio under the tiny windows (384 fbank frames,
+                                                               3.85 s; 4 frames), and short_video under 8 frames
+
+Shards of 8 clips: shard 0 and 1 mix good and bad clips, shard 2 ends with the truncated one.
+"""
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+from mavil.data.encode import encode_audio
+from mavil.data.shards import ShardWriter, encode_meta, write_manifest
+from mavil.data.synthetic import make_clip
+
+CLASSES, SEED, DURATION, PER_SHARD = 8, 0, 4, 8
+LAYOUT = ("good", "bad-corrupt-video", "good", "good", "bad-missing-flac", "good", "fix-8khz-stereo", "good",
+          "good", "bad-empty-video", "good", "fix-2s", "good", "bad-corrupt-flac", "good", "good",
+          "good", "good", "good", "good", "bad-truncated")
+UNUSABLE = {"bad-corrupt-video": "video_undecodable", "bad-corrupt-flac": "audio_empty",
+            "bad-missing-flac": "missing_audio", "bad-empty-video": "video_empty", "bad-truncated": "truncated"}
+REPAIRED = {"fix-8khz-stereo": ("audio_resampled", "audio_downmixed"), "fix-2s": ("short_audio",)}
+
+
+@dataclass(frozen=True)
+class FaultSet:
+    root: Path
+    good: list[str]  # keys of the usable clips (repaired ones included), in shard order
+    bad: list[str]  # keys of the unusable ones
+
+
+def noise(data: bytes, keep: int, seed: int) -> bytes:
+    """`data` with every byte after the first `keep` replaced by random ones (same length)."""
+    tail = np.random.default_rng(seed).integers(0, 256, len(data) - keep, dtype=np.uint8).tobytes()
+    return data[:keep] + tail
+
+
+def flac_samples(data: bytes) -> np.ndarray:
+    """16 kHz mono FLAC -> (T,) float in [-1, 1]."""
+    with av.open(io.BytesIO(data)) as container:
+        return np.concatenate([f.to_ndarray()[0] for f in container.decode(audio=0)]) / 32768.0
+
+
+def eight_khz_stereo(flac: bytes) -> bytes:
+    """The clip's audio decimated to 8 kHz (its partials above 4 kHz dropped on the way is fine for a test),
+    as stereo: left the audio, right half of it, so the downmix is 0.75 of the audio."""
+    mono = flac_samples(flac)
+    spectrum = np.fft.rfft(mono)
+    spectrum[len(spectrum) // 2:] = 0  # nothing at or above 4 kHz: decimating by 2 aliases nothing
+    low = np.fft.irfft(spectrum, len(mono))[::2]
+    return encode_audio(np.stack([low, 0.5 * low]), sample_rate=8000)
+
+
+def members(name: str, index: int) -> list[tuple[str, bytes]]:
+    """The tar members of clip `index` of the layout, broken as its name says."""
+    duration = 2 if name == "fix-2s" else DURATION
+    _, video, audio, meta = make_clip(index, CLASSES, SEED, duration)
+    key = name if name != "good" else f"good{index:02d}"
+    if name == "bad-corrupt-video":
+        video = noise(video, 64, index)
+    elif name == "bad-corrupt-flac":
+        audio = noise(audio, 200, index)
+    elif name == "bad-empty-video":
+        video = b""
+    elif name == "fix-8khz-stereo":
+        audio = eight_khz_stereo(audio)
+    parts = [("webm", video), ("flac", audio), ("json", encode_meta({**meta, "key": key}))]
+    return [(ext, data) for ext, data in parts if not (name == "bad-missing-flac" and ext == "flac")]
+
+
+def build_fault_set(root: Path) -> FaultSet:
+    """Writes the layout's 21 clips into `root` (3 shards and a manifest), then cuts the last shard inside the video
+    member of its last clip, as a copy that died mid-file leaves it."""
+    writer = ShardWriter(root, PER_SHARD)
+    keys = []
+    for index, name in enumerate(LAYOUT):
+        parts = members(name, index)
+        keys.append(name if name != "good" else f"good{index:02d}")
+        writer.add_members(keys[-1], parts)
+    shards = writer.close()
+    write_manifest(root, shards, [f"class-{k:02d}" for k in range(CLASSES)], {}, skipped=[])
+    last_tar = root / shards[-1]["tar"]
+    video_offset = int((root / shards[-1]["index"]).read_text().splitlines()[-1].split()[1])
+    os.truncate(last_tar, video_offset + 1000)
+    good = [key for key in keys if key not in UNUSABLE]
+    return FaultSet(root, good, [key for key in keys if key in UNUSABLE])
