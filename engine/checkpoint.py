@@ -8,12 +8,20 @@ Layout under the run directory:
 
 A checkpoint becomes the one resumed from only when `latest` names it, and `latest` is renamed into
 place after a barrier that every rank reaches once its files are written, so a crash mid-write
-leaves the previous checkpoint in charge. The two newest checkpoints are kept.
+leaves the previous checkpoint in charge.
+
+After a crash (kill -9 of any rank at any moment) the directory may hold a partial tag newer than
+`latest`. Nothing reads it: a relaunch resumes from `latest`, and when it reaches that step again the
+directory is emptied before it is written anew, so no file of the crashed write survives beside the new
+ones. Tags are `step<global step, 8 digits>`, so their names sort as their steps; `prune` keeps `latest`
+and the newest older tag before it, whatever the files' times, and leaves tags newer than `latest` alone
+(partial writes, overwritten when reached, or a run the user rolled back by editing `latest`).
 """
 from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -21,8 +29,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from . import inject
+
 LATEST = "latest"
-KEEP = 2
+KEEP = 2  # `latest` and the one before it
+TAG = re.compile(r"step\d{8}")
+
+
+def seed_rng(seed: int) -> None:
+    """Seeds every generator whose state a checkpoint holds (torch with CUDA, Python's, NumPy's)."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
 
 
 def rng_state() -> dict:
@@ -49,23 +67,34 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(partial, path)
 
 
-def save(engine, run_dir: Path, tag: str, client_state: dict) -> None:
-    """Every rank calls this at the same optimizer step."""
-    root = run_dir / "checkpoints"
+def tag_for(step: int) -> str:
+    return f"step{step:08d}"
+
+
+def save(engine, run_dir: Path, client_state: dict) -> None:
+    """Every rank calls this at the same optimizer step; the tag is the engine's global step."""
+    root, step, rank = run_dir / "checkpoints", engine.global_steps, dist.get_rank()
+    tag = tag_for(step)
+    if rank == 0 and (root / tag).exists():  # a partial write of a crashed run: none of its files may stay
+        shutil.rmtree(root / tag)
+    dist.barrier()
     engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
-    torch.save(rng_state(), root / tag / f"rng-rank{dist.get_rank()}.pt")
+    inject.kill_point("checkpoint_files", step, rank)
+    torch.save(rng_state(), root / tag / f"rng-rank{rank}.pt")
     dist.barrier()
-    if dist.get_rank() == 0:
+    if rank == 0:
+        inject.kill_point("checkpoint_written", step, rank)
         write_atomically(root / LATEST, tag)
-        prune(root, keep=KEEP)
+        inject.kill_point("latest", step, rank)
+        prune(root, tag, keep=KEEP)
     dist.barrier()
 
 
-def prune(root: Path, keep: int) -> None:
-    """Deletes all but the `keep` newest complete checkpoints (newest by modification time)."""
-    tags = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
-    for old in tags[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+def prune(root: Path, latest: str, keep: int) -> None:
+    """Deletes the tags older than the `keep` newest up to and including `latest` (by step, not file time)."""
+    older = sorted(p.name for p in root.iterdir() if p.is_dir() and TAG.fullmatch(p.name) and p.name < latest)
+    for name in older[:max(len(older) - (keep - 1), 0)]:
+        shutil.rmtree(root / name, ignore_errors=True)
 
 
 def latest_tag(run_dir: Path) -> str | None:

@@ -1,11 +1,15 @@
 """Training metrics: loss parts averaged over a logging window across ranks, one JSON line per window.
 
-`metrics.jsonl` in the run directory holds, per logging step: step, epoch, lr, every loss part,
-samples/s and tokens/s (input tokens of both modalities, global over ranks). Only rank 0 writes.
+`metrics.jsonl` in the run directory holds, per logging step: step, epoch, lr, skipped_steps (optimizer
+steps skipped so far for a non-finite loss or gradient, see `numerics`), every loss part, samples/s and
+tokens/s (input tokens of both modalities, global over ranks). Only rank 0 writes. Skipped steps add
+nothing to the loss means. A run that resumes first cuts its logs back to the checkpoint's step
+(`rewind`), so a crash leaves neither repeated steps nor a half-written line behind.
 """
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -22,9 +26,9 @@ class Metrics:
         self.sums: dict[str, float] = {}
         self.micro_steps, self.samples, self.start = 0, 0, time.perf_counter()
 
-    def add(self, losses: dict[str, torch.Tensor], samples: int) -> None:
+    def add(self, losses: dict[str, float], samples: int) -> None:
         for name, value in losses.items():
-            self.sums[name] = self.sums.get(name, 0.0) + float(value.detach())
+            self.sums[name] = self.sums.get(name, 0.0) + float(value)
         self.micro_steps += 1
         self.samples += samples
 
@@ -38,8 +42,35 @@ class Metrics:
         *sums, micro_steps, samples = totals.tolist()
         line = {**fields, **{n: s / micro_steps for n, s in zip(names, sums)}, "samples_per_s": samples / seconds,
                 "tokens_per_s": samples * self.tokens_per_sample / seconds}
+        self._append(line)
+        self._reset()
+        return line
+
+    def event(self, name: str, **fields) -> dict:
+        """A line that is no logging window, {"event": name, **fields}, e.g. the data health at each epoch end
+        (readers of the loss curves skip lines with an "event"). -> the line."""
+        line = {"event": name, **fields}
+        self._append(line)
+        return line
+
+    def _append(self, line: dict) -> None:
         if dist.get_rank() == 0:
             with open(self.path, "a") as f:
                 f.write(json.dumps(line) + "\n")
-        self._reset()
-        return line
+
+
+def rewind(path: Path, keep) -> None:
+    """Rewrites the JSON-lines file `path` (if any) with only its complete lines for which keep(line) holds."""
+    if not path.is_file():
+        return
+    kept = []
+    for text in path.read_text().splitlines():
+        try:
+            line = json.loads(text)
+        except json.JSONDecodeError:  # cut short by a crash mid-write
+            continue
+        if keep(line):
+            kept.append(text + "\n")
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text("".join(kept))
+    os.replace(partial, path)

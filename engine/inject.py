@@ -1,0 +1,76 @@
+"""Fault injection for the reliability tests: poison a loss, or SIGKILL this process at a named point.
+
+The environment variable MAVIL_INJECT holds faults separated by ';', each `kind:key=value:key=value`:
+
+    nan_loss:step=S[:rank=R]         the loss of optimizer step S's first micro-batch on rank R becomes NaN
+    kill:point=P:step=S[:rank=R]     SIGKILL of rank R when it reaches point P of optimizer step S
+
+`step` is the 1-based optimizer step the point belongs to: the step being computed for `backward`, the step a
+checkpoint holds for the checkpoint points, the last step for `export`; `rank` defaults to 0. The points:
+
+    backward            after the backward of the step's first micro-batch, before DeepSpeed's step
+                        (mid-step: with accumulation, half-way through the step's micro-batches)
+    checkpoint_files    this rank's DeepSpeed files of the checkpoint written, its RNG file not yet
+    checkpoint_written  every rank's files written, `latest` not yet replaced (a rank-0 point)
+    latest              `latest` just replaced, older checkpoints not yet pruned (a rank-0 point)
+    export              the run finished and checkpointed, the export not yet written
+
+Example: MAVIL_INJECT="nan_loss:step=3:rank=1;kill:point=latest:step=5". Without the variable every hook
+returns at once. A malformed value raises ValueError naming the variable and the fault.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+import signal
+
+import torch
+
+VARIABLE = "MAVIL_INJECT"
+POINTS = ("backward", "checkpoint_files", "checkpoint_written", "latest", "export")
+KINDS = {"nan_loss": ("step", "rank"), "kill": ("point", "step", "rank")}
+
+
+@functools.cache
+def faults() -> tuple[dict, ...]:
+    """The parsed MAVIL_INJECT: one dict per fault, {"kind", "step", "rank"[, "point"]}."""
+    text = os.environ.get(VARIABLE, "").strip()
+    return tuple(parse(item) for item in text.split(";") if item.strip())
+
+
+def parse(item: str) -> dict:
+    kind, *pairs = item.strip().split(":")
+    if kind not in KINDS:
+        raise ValueError(f"{VARIABLE}: fault '{item}': unknown kind '{kind}' (known: {', '.join(KINDS)})")
+    fault = {"kind": kind, "rank": 0}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in KINDS[kind]:
+            raise ValueError(f"{VARIABLE}: fault '{item}': expected {', '.join(f'{k}=...' for k in KINDS[kind])}")
+        if key != "point" and not value.isdigit():
+            raise ValueError(f"{VARIABLE}: fault '{item}': {key} must be a whole number, got '{value}'")
+        fault[key] = value if key == "point" else int(value)
+    if "step" not in fault or (kind == "kill" and fault.get("point") not in POINTS):
+        raise ValueError(f"{VARIABLE}: fault '{item}': needs step=S" +
+                         (f" and point=one of {', '.join(POINTS)}" if kind == "kill" else ""))
+    return fault
+
+
+def _matches(kind: str, step: int, rank: int, point: str | None = None) -> bool:
+    return any(f["kind"] == kind and f["step"] == step and f["rank"] == rank and f.get("point") == point
+               for f in faults())
+
+
+def poison_loss(losses: dict[str, torch.Tensor], step: int, rank: int) -> dict[str, torch.Tensor]:
+    """`losses` with "loss" made NaN where a nan_loss fault names this step and rank (call it for the step's first
+    micro-batch only). NaN is added, so the gradient stays finite: the case only a check of the loss catches."""
+    if not _matches("nan_loss", step, rank):
+        return losses
+    return {**losses, "loss": losses["loss"] + math.nan}
+
+
+def kill_point(point: str, step: int, rank: int) -> None:
+    """SIGKILL of this process where a kill fault names this point, step and rank: no cleanup, no flush."""
+    if _matches("kill", step, rank, point):
+        os.kill(os.getpid(), signal.SIGKILL)
