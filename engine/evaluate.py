@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 if __package__ in (None, ""):  # run as a script (the deepspeed launcher does): import as the package
     __package__ = "mavil.engine"
@@ -25,13 +26,17 @@ if __package__ in (None, ""):  # run as a script (the deepspeed launcher does): 
 import torch
 import torch.distributed as dist
 
-from ..config import Config, config_from_dict
+from ..config import Config, ConfigError, load_config
 from ..data.pipeline import Loader, LoaderSpec
-from ..data.shards import read_manifest
+from ..deps import MissingDependency
 from ..model.classifier import Classifier
 from ..model.weights import read_weights
-from .launch import synthetic_set
+from .launch import checked_health, synthetic_set
+from .preflight import check_evaluation
 from .scores import accuracy, chance_recall, gather_predictions, mean_average_precision, retrieval_metrics
+
+if TYPE_CHECKING:  # imported where used: the health check loads PyAV
+    from ..data.health import DataHealth
 
 
 def eval_root(cfg: Config) -> Path:
@@ -46,11 +51,11 @@ def _rank_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
-def _loader(cfg: Config, root: Path, device: torch.device, eval_clips: int) -> Loader:
+def _loader(cfg: Config, root: Path, device: torch.device, eval_clips: int, health: DataHealth) -> Loader:
     spec = LoaderSpec.from_config(cfg, cfg.train.micro_batch, train=False)
     spec.eval_clips = eval_clips
     rank, world = _rank_world()
-    return Loader(root, spec, rank=rank, world_size=world, seed=cfg.train.seed, device=device)
+    return Loader(root, spec, rank=rank, world_size=world, seed=cfg.train.seed, device=device, health=health)
 
 
 @torch.no_grad()
@@ -77,31 +82,39 @@ def retrieval_embeddings(model: Classifier, loader: Loader) -> tuple[torch.Tenso
 
 
 def evaluate(model: Classifier, cfg: Config, root: Path, device: torch.device) -> dict:
-    """Scores of `model` on the shard directory `root` (every rank calls it; all get the same dict)."""
+    """Scores of `model` on the usable clips of the shard directory `root` (every rank calls it; all get the same
+    dict), with the clips skipped and repaired per kind (data_skipped, data_<kind>, ...: `mavil.data.health`)."""
+    from ..data.health import Windows
+
+    health = checked_health(root, cfg.data)
     was_training = model.training
     model.eval()
     mode, ft = cfg.finetune.mode, cfg.finetune
     if mode == "retrieval":
-        audio_emb, video_emb = retrieval_embeddings(model, _loader(cfg, root, device, 1))
+        audio_emb, video_emb = retrieval_embeddings(model, _loader(cfg, root, device, 1, health))
         result = {"pairs": len(audio_emb), **retrieval_metrics(audio_emb, video_emb, both_directions=True),
                   "chance_R@1": chance_recall(len(audio_emb), 1)}
     else:
         multi_label = ft.loss == "bce"
-        scores, labels = class_scores(model, _loader(cfg, root, device, 1), multi_label)
+        scores, labels = class_scores(model, _loader(cfg, root, device, 1, health), multi_label)
         result = {"clips": len(scores), "mAP": mean_average_precision(scores, labels)[0], "accuracy": accuracy(scores, labels)}
         if mode != "audio" and ft.eval_clips > 1:
-            scores, labels = class_scores(model, _loader(cfg, root, device, ft.eval_clips), multi_label)
+            scores, labels = class_scores(model, _loader(cfg, root, device, ft.eval_clips, health), multi_label)
             result.update({f"mAP_{ft.eval_clips}clips": mean_average_precision(scores, labels)[0],
                            f"accuracy_{ft.eval_clips}clips": accuracy(scores, labels)})
     model.train(was_training)
-    return result
+    return {**result, **health.tally(Windows.from_config(cfg)).fields()}
+
+
+def run_config(run_dir: Path) -> Config:
+    """The config of a fine-tuning run directory (its config.json), less what evaluation does not read: the
+    initialisation (the run's own weights replace it) and the training shards (which may be gone by now)."""
+    return load_config(run_dir / "config.json", ["finetune.init=null", "data.root=null"])
 
 
 def load_run(run_dir: Path, device: torch.device) -> tuple[Classifier, Config]:
     """The fine-tuned model of a run directory (its config.json and model.safetensors)."""
-    raw = json.loads((run_dir / "config.json").read_text())
-    raw["finetune"]["init"] = None  # the run's own weights replace the initialisation
-    cfg = config_from_dict(raw, source=str(run_dir / "config.json"))
+    cfg = run_config(run_dir)
     state, _ = read_weights(run_dir / "model.safetensors")
     classes = state["head.weight"].shape[0] if "head.weight" in state else 0
     model = Classifier(cfg.model, cfg.finetune.mode, classes, cfg.finetune.fusion_depth)
@@ -109,19 +122,40 @@ def load_run(run_dir: Path, device: torch.device) -> tuple[Classifier, Config]:
     return model.to(device), cfg
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, type=Path, help="a fine-tuning run directory")
     parser.add_argument("--data", type=Path, help="evaluation shards (default: the run's finetune.eval_root or synthetic)")
     parser.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def checked_run(run_dir: Path, data: Path | None) -> Config:
+    """The run's config, with its weights and the evaluation shards checked; raises ConfigError or
+    MissingDependency naming the problem. Nothing is started yet."""
+    cfg = run_config(run_dir)
+    check_evaluation(cfg, run_dir, data)
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:  # refused before any work when the run directory or the shards cannot be evaluated: exit status 2
+        checked_run(args.run, args.data)
+    except (ConfigError, MissingDependency) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     from .launch import init_distributed
 
     rank, _, device = init_distributed()
     model, cfg = load_run(args.run, device)
     root = args.data or eval_root(cfg)
-    read_manifest(root)
-    scores = evaluate(model, cfg, root, device)
+    try:
+        scores = evaluate(model, cfg, root, device)
+    except ConfigError as err:  # UnusableData: more bad clips than data.max_bad_fraction (mavil.data.health)
+        if rank == 0:
+            print(f"error: {err}", file=sys.stderr)
+        return 2
     if rank == 0:
         print(json.dumps(scores, indent=1))
     return 0

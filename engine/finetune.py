@@ -26,21 +26,25 @@ import torch.nn.functional as F
 
 from ..data.pipeline import ClipIndex, Loader, LoaderSpec
 from ..data.sampling import WeightedDraws, clip_weights
-from ..data.shards import read_manifest
 from ..kernels import info_nce, info_nce_global
 from ..model.classifier import Classifier, load_encoders
 from ..model.masking import random_masking, time_frequency_keep
 from .augment import add_noise, mixup, spec_augment
 from .evaluate import evaluate, eval_root
-from .launch import dataset_root
+from .launch import checked_health, dataset_root
 from .optim import param_groups
+from .preflight import check_finetuning
 from .trainer import Trainer, main
 
 
 class Finetuner(Trainer):
+    check_inputs = staticmethod(check_finetuning)
+
     def __init__(self, cfg, rank, world, device):
         self.root = dataset_root(cfg.data)
-        self.manifest = read_manifest(self.root)
+        self.health = checked_health(self.root, cfg.data)  # only usable clips are read; refused above the ceiling
+        checked_health(eval_root(cfg), cfg.data)  # the evaluation set too: refused now rather than after training
+        self.manifest = self.health.manifest
         self.num_classes = len(self.manifest["label_names"])
         self.mode = cfg.finetune.mode
         self.tokens_per_sample = (cfg.model.audio_tokens if self.mode != "video" else 0) + \
@@ -49,7 +53,7 @@ class Finetuner(Trainer):
         super().__init__(cfg, rank, world, device)
 
     def _weighted_draws(self, cfg, rank: int, world: int) -> WeightedDraws:
-        index = ClipIndex(self.root, self.manifest)
+        index = ClipIndex(self.health.usable_shards())  # the usable clips, numbered as Loader(clips=...) takes them
         labels = [index.meta(clip).get("labels", []) for clip in range(len(index))]
         return WeightedDraws(clip_weights(labels, self.num_classes), cfg.finetune.sampling_size, rank, world,
                              cfg.train.seed)
@@ -71,9 +75,10 @@ class Finetuner(Trainer):
         spec = LoaderSpec.from_config(self.cfg, self.cfg.train.micro_batch, train=True)
         seed = self.cfg.train.seed * 1000 + epoch
         if self.draws is not None:
-            return Loader(self.root, spec, self.rank, self.world, seed, self.device, clips=self.draws.epoch(epoch).tolist())
+            return Loader(self.root, spec, self.rank, self.world, seed, self.device, clips=self.draws.epoch(epoch).tolist(),
+                          health=self.health)
         return Loader(self.root, spec, rank=(self.rank + epoch) % self.world, world_size=self.world, seed=seed,
-                      device=self.device)
+                      device=self.device, health=self.health)
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
         batch = self.augment(batch)

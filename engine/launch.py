@@ -8,17 +8,23 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from ..config import DataConfig
+from ..deps import require
+
+if TYPE_CHECKING:  # imported where used: PyAV and the rest load only when a run reaches its data
+    from ..data.health import DataHealth
+
+T = TypeVar("T")
 
 
 def init_distributed() -> tuple[int, int, torch.device]:
     """-> (rank, world size, this rank's device); NCCL on CUDA, gloo on the CPU."""
-    import deepspeed
-
+    deepspeed = require("deepspeed")
     if "RANK" not in os.environ:  # a plain `python` run: one process
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=os.environ.get("MASTER_PORT") or str(free_port()))
@@ -30,6 +36,12 @@ def init_distributed() -> tuple[int, int, torch.device]:
         device = torch.device("cpu")
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", verbose=False)
     return dist.get_rank(), dist.get_world_size(), device
+
+
+def launched_world_size() -> int:
+    """The world size `init_distributed` will have, known before it starts: the launcher's WORLD_SIZE (deepspeed,
+    torchrun), 1 for a plain `python` run."""
+    return int(os.environ.get("WORLD_SIZE", 1)) if "RANK" in os.environ else 1
 
 
 def free_port() -> int:
@@ -45,14 +57,34 @@ def synthetic_set(data: DataConfig, seed: int | None = None, clips: int | None =
 
     args = dict(clips=clips or data.synthetic_clips, classes=data.synthetic_classes,
                 seed=data.synthetic_seed if seed is None else seed, duration=data.synthetic_duration)
+    return rank_zero_first(lambda: ensure_synthetic(**args))
+
+
+def rank_zero_first(make: Callable[[], T]) -> T:
+    """make() on rank 0 while the other ranks wait at a barrier, then on them (finding the work done); without a
+    process group, just make()."""
     distributed = dist.is_available() and dist.is_initialized()
     if not distributed or dist.get_rank() == 0:
-        root = ensure_synthetic(**args)
+        result = make()
     if distributed:
         dist.barrier()
-    return ensure_synthetic(**args) if distributed and dist.get_rank() else root  # the others find it made
+        if dist.get_rank():
+            result = make()
+    return result
 
 
 def dataset_root(data: DataConfig) -> Path:
     """data.root, or the embedded synthetic set."""
     return Path(data.root) if data.root is not None else synthetic_set(data)
+
+
+def checked_health(root: Path, data: DataConfig) -> DataHealth:
+    """The health of the shards at `root` (mavil.data.health): rank 0 checks what the cached report does not cover,
+    with a progress bar, while the others wait, then they read the report. Every rank refuses a set with more
+    unusable clips than data.max_bad_fraction (UnusableData, a ConfigError naming the counts and the key)."""
+    from ..data.health import ensure_health
+
+    first = not dist.is_initialized() or dist.get_rank() == 0
+    health = rank_zero_first(lambda: ensure_health(root, progress=first))
+    health.check_ceiling(data.max_bad_fraction)
+    return health

@@ -24,14 +24,18 @@ import torch
 
 from ..data.pipeline import Loader, LoaderSpec
 from ..model import build_model, load_teacher
-from .launch import dataset_root
+from .launch import checked_health, dataset_root
 from .optim import param_groups
+from .preflight import check_pretraining
 from .trainer import Trainer, main
 
 
 class Pretrainer(Trainer):
+    check_inputs = staticmethod(check_pretraining)
+
     def __init__(self, cfg, rank, world, device):
         self.root = dataset_root(cfg.data)
+        self.health = checked_health(self.root, cfg.data)  # only usable clips are read; refused above the ceiling
         self.tokens_per_sample = cfg.model.audio_tokens + cfg.model.video_tokens
         super().__init__(cfg, rank, world, device)
 
@@ -45,7 +49,7 @@ class Pretrainer(Trainer):
         """This epoch's part of the clips: the parts rotate over ranks, the order and augmentation follow (seed, epoch)."""
         spec = LoaderSpec.from_config(self.cfg, self.cfg.train.micro_batch, train=True)
         return Loader(self.root, spec, rank=(self.rank + epoch) % self.world, world_size=self.world,
-                      seed=self.cfg.train.seed * 1000 + epoch, device=self.device)
+                      seed=self.cfg.train.seed * 1000 + epoch, device=self.device, health=self.health)
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
         return self.engine(batch["audio"].to(self.dtype), batch["video"].to(self.dtype))

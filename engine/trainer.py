@@ -3,7 +3,13 @@
 A subclass says what to train and on what: `build_model`, `param_groups`, `epoch_loader` and
 `losses(batch)`; this class does the rest. The run directory (train.output_dir) gets config.json,
 metrics.jsonl, checkpoints/ and, at the end, model.safetensors. Relaunching the same command resumes
-from the newest complete checkpoint, data position included.
+from the newest complete checkpoint, data position and RNG states included, after any crash (see
+`checkpoint`); the logs are first cut back to that checkpoint's step. A relaunched run that had already
+reached train.max_steps only exports again.
+
+An optimizer step whose loss or gradient is not finite on any rank is skipped on all of them, and
+train.max_bad_steps of them in a row stop the run (`numerics`). Checkpoints are written only after applied
+steps: one due at a skipped step waits for the next applied one. `inject` holds the tests' fault hooks.
 
 Every rank runs the same number of micro-batches per epoch, a whole number of accumulation windows:
 the fewest any rank has, rounded down to a multiple of the accumulation steps. That keeps the ranks'
@@ -23,31 +29,42 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from ..config import Config, ConfigError, config_parser, deepspeed_config, load_config
+from ..deps import MissingDependency
 from ..model import save_weights
-from . import checkpoint
-from .launch import init_distributed
-from .metrics import Metrics
+from . import checkpoint, inject
+from .launch import init_distributed, launched_world_size
+from .metrics import Metrics, rewind
+from .numerics import NonFiniteStop, StepGuard, check_deepspeed, loss_to_backward
 from .schedule import lr_at, set_lr
 
 
 class Trainer:
     tokens_per_sample = 0  # for tokens/s in the metrics; subclasses set it
+    health = None  # the training set's DataHealth (mavil.data.health); subclasses set it, the loop reports its counts
 
     def __init__(self, cfg: Config, rank: int, world: int, device: torch.device):
         self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
         self.run_dir = Path(cfg.train.output_dir)
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
         model = self.build_model()
-        torch.manual_seed(cfg.train.seed * 1000 + rank)  # masks and mixing differ per rank
+        checkpoint.seed_rng(cfg.train.seed * 1000 + rank)  # masks and mixing differ per rank
         self.engine = self._deepspeed(model)
         self.accumulation = self.engine.gradient_accumulation_steps()
         self.metrics = Metrics(self.run_dir / "metrics.jsonl", self.tokens_per_sample, device)
+        self.guard = StepGuard(cfg.train.max_bad_steps, self.metrics, rank)
+        self.checkpoint_owed = False  # a checkpoint fell due at a skipped step
         self.last_line: dict = {}
         if rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
 
     # what a subclass provides
+    @staticmethod
+    def check_inputs(cfg: Config, world: int) -> None:
+        """Refuses (ConfigError, MissingDependency) what the config and the files it names make impossible, before
+        any work: one of `preflight`'s checks."""
+        raise NotImplementedError
+
     def build_model(self) -> torch.nn.Module:
         raise NotImplementedError
 
@@ -74,6 +91,7 @@ class Trainer:
         ds_config["zero_allow_untested_optimizer"] = True  # our AdamW with its parameter groups
         if self.device.type != "cuda":
             ds_config["bf16"] = {"enabled": False}  # fp32 on the CPU
+        check_deepspeed(ds_config, self.cfg.source)  # DeepSpeed must skip a step with non-finite gradients
         optimizer = torch.optim.AdamW(self.param_groups(model), lr=0.0, betas=tuple(self.cfg.train.betas))
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
         return engine
@@ -93,12 +111,24 @@ class Trainer:
 
     def run(self) -> Path:
         state = checkpoint.load_latest(self.engine, self.run_dir) or {"epoch": 0, "micro_step": 0}
+        self.rewind_logs(self.engine.global_steps)
         if self.engine.global_steps and self.rank == 0:
             print(f"resuming at step {self.engine.global_steps}: epoch {state['epoch']}, micro-batch {state['micro_step']}")
+        if self.health is not None and self.rank == 0:
+            print(f"data: {self.health.root}: {self.data_tally()}", flush=True)
         for epoch in range(state["epoch"], self.cfg.train.epochs):
-            if self.train_epoch(epoch, state["micro_step"] if epoch == state["epoch"] else 0):
+            if self.reached_max_steps() or self.train_epoch(epoch, state["micro_step"] if epoch == state["epoch"] else 0):
                 break
         return self.finish()
+
+    def reached_max_steps(self) -> bool:
+        return self.cfg.train.max_steps is not None and self.engine.global_steps >= self.cfg.train.max_steps
+
+    def rewind_logs(self, step: int) -> None:
+        """The logs cut back to the resumed `step` (0: a fresh start): a crash may have logged steps past it."""
+        if self.rank == 0:
+            rewind(self.metrics.path, lambda line: line.get("step", 0) <= step)
+        rewind(self.run_dir / f"keys-rank{self.rank}.jsonl", lambda line: line["step"] < step)  # steps done before it
 
     def train_epoch(self, epoch: int, start: int) -> bool:
         """Trains micro-batches start.. of `epoch`; -> True when train.max_steps is reached."""
@@ -121,31 +151,50 @@ class Trainer:
         return False
 
     def end_of_epoch(self, epoch: int) -> None:
+        tally = self.data_tally()
+        if tally is not None:  # one metrics line per epoch: {"event": "data_health", "step", "epoch", "data_*"...}
+            self.metrics.event("data_health", step=self.engine.global_steps, epoch=epoch + 1, **tally.fields())
         if self.rank == 0:
             parts = ", ".join(f"{k} {v:.4f}" for k, v in self.last_line.items() if k.startswith("loss"))
-            print(f"epoch {epoch}: step {self.engine.global_steps}, {parts}", flush=True)
+            data = f"; data: {tally}" if tally is not None else ""
+            print(f"epoch {epoch}: step {self.engine.global_steps}, {parts}{data}", flush=True)
+
+    def data_tally(self):
+        """The training set's clips used, skipped and repaired per kind under this model's windows, or None."""
+        from ..data.health import Windows  # here: the health check loads PyAV
+
+        return self.health.tally(Windows.from_config(self.cfg)) if self.health is not None else None
 
     def train_micro_batch(self, batch: dict, epoch: int) -> None:
         if self.cfg.train.record_keys:
             with open(self.run_dir / f"keys-rank{self.rank}.jsonl", "a") as f:
                 f.write(json.dumps({"epoch": epoch, "step": self.engine.global_steps, "keys": batch["key"]}) + "\n")
+        step, first = self.engine.global_steps + 1, not self.guard.window  # the optimizer step it is part of
         losses = self.losses(batch)
-        self.engine.backward(losses["loss"])
+        if first:
+            losses = inject.poison_loss(losses, step, self.rank)
+        self.engine.backward(loss_to_backward(losses["loss"]))
+        if first:
+            inject.kill_point("backward", step, self.rank)
         self.engine.step()
-        self.metrics.add(losses, len(batch["key"]))
+        self.guard.add(losses, len(batch["key"]))
 
     def after_optimizer_step(self, epoch: int, next_index: int, total: int, bar) -> bool:
-        """Logging and checkpoints; -> True when train.max_steps is reached."""
-        train, step = self.cfg.train, self.engine.global_steps
+        """Skipped steps, logging and checkpoints; -> True when train.max_steps is reached."""
+        train, step, applied = self.cfg.train, self.engine.global_steps, self.engine.was_step_applied()
         epoch_done = next_index == total
-        if step % train.log_every == 0 or epoch_done:
+        self.guard.close_step(applied, step, epoch + next_index / total, self.engine.skipped_steps)
+        if (step % train.log_every == 0 or epoch_done) and self.metrics.micro_steps:  # none: all skipped
             self.last_line = self.metrics.flush(step=step, epoch=epoch + next_index / total,
-                                                lr=self.engine.optimizer.param_groups[0]["lr"])
+                                                lr=self.engine.optimizer.param_groups[0]["lr"],
+                                                skipped_steps=self.engine.skipped_steps)
             bar.set_postfix(loss=f"{self.last_line['loss']:.4f}", clips_s=f"{self.last_line['samples_per_s']:.1f}")
             self.monitor(step)
-        finished = train.max_steps is not None and step >= train.max_steps
-        if finished or epoch_done or (train.checkpoint_every and step % train.checkpoint_every == 0):
+        finished = self.reached_max_steps()
+        self.checkpoint_owed |= finished or epoch_done or (train.checkpoint_every > 0 and step % train.checkpoint_every == 0)
+        if self.checkpoint_owed and applied:
             self.save(epoch + 1, 0) if epoch_done else self.save(epoch, next_index)
+            self.checkpoint_owed = False
         return finished
 
     def monitor(self, step: int) -> None:
@@ -155,11 +204,11 @@ class Trainer:
             self.engine.monitor.write_events(events)
 
     def save(self, epoch: int, micro_step: int) -> None:
-        checkpoint.save(self.engine, self.run_dir, f"step{self.engine.global_steps:08d}",
-                        {"epoch": epoch, "micro_step": micro_step})
+        checkpoint.save(self.engine, self.run_dir, {"epoch": epoch, "micro_step": micro_step})
 
     def export(self) -> Path:
         path = self.run_dir / "model.safetensors"
+        inject.kill_point("export", self.engine.global_steps, self.rank)
         if self.rank == 0:
             save_weights(self.engine.module, path)
             print(f"exported {path}")
@@ -174,18 +223,26 @@ def parse_args(argv: list[str] | None, doc: str) -> argparse.Namespace:
 
 
 def main(trainer_class: type[Trainer], argv: list[str] | None, doc: str) -> int:
-    """Config (refused before any work when bad), process group, then train."""
+    """Config and the files it names (refused before any work when bad: exit status 2), process group, then train."""
     args = parse_args(argv, doc)
     try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as err:
+        cfg = checked_config(trainer_class, args.config, args.overrides)
+    except (ConfigError, MissingDependency) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     rank, world, device = init_distributed()
     try:
-        deepspeed_config(cfg, world)  # a batch that cannot split over these ranks
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    trainer_class(cfg, rank, world, device).run()
+        trainer_class(cfg, rank, world, device).run()
+    except (ConfigError, NonFiniteStop) as err:  # a deepspeed section that would apply NaN steps; too many skipped
+        if rank == 0:
+            print(f"error: {err}", file=sys.stderr)
+        return 2 if isinstance(err, ConfigError) else 3
     return 0
+
+
+def checked_config(trainer_class: type[Trainer], path: str, overrides: list[str]) -> Config:
+    """The run's config, loaded and checked with what it names for the launcher's world size; raises
+    ConfigError or MissingDependency naming the problem. Nothing is started or written yet."""
+    cfg = load_config(path, overrides)
+    trainer_class.check_inputs(cfg, launched_world_size())
+    return cfg

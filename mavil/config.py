@@ -86,7 +86,7 @@ class ModelConfig:
         t, h, w = self.video_patch
         return (self.video_frames // t) * (self.video_size // h) * (self.video_size // w)
 
-    def validate(self, check: _Checker) -> None:
+    def validate(self, check: Checker) -> None:
         check.choice("stage", self.stage, (1, 2))
         if self.stage == 2:
             check.that("teacher", self.teacher, self.teacher is not None, "stage 2 needs the path of a stage-1 weights file")
@@ -122,7 +122,7 @@ class ModelConfig:
         for key in ("tau_inter", "tau_intra"):
             check.positive(key, getattr(self, key))
 
-    def _validate_visible(self, check: _Checker) -> None:
+    def _validate_visible(self, check: Checker) -> None:
         for name, tokens in (("audio", self.audio_tokens), ("video", self.video_tokens)):
             visible = num_visible(tokens, self.mask_ratio)
             check.that("mask_ratio", self.mask_ratio, visible >= 1, f"leaves no visible {name} token of {tokens}")
@@ -144,13 +144,14 @@ class DataConfig:
     flip_prob: float = 0.5
     time_shift: bool = True  # "R": random start with cyclic rolling in time
     num_workers: int = 4  # DALI threads per rank
+    max_bad_fraction: float = 0.05  # refuse a set with more unusable clips than this fraction (mavil.data.health)
     # the embedded synthetic dataset, used when root is None (generated once into the cache)
     synthetic_clips: int = 512
     synthetic_classes: int = 8
     synthetic_duration: int = 10  # seconds
     synthetic_seed: int = 0
 
-    def validate(self, check: _Checker) -> None:
+    def validate(self, check: Checker) -> None:
         check.positive("audio_std", self.audio_std)
         check.positive("sample_rate", self.sample_rate)
         check.positive("video_fps", self.video_fps)
@@ -159,6 +160,7 @@ class DataConfig:
         check.that("crop_scale", self.crop_scale, 0.0 < low <= high <= 1.0, "needs 0 < min <= max <= 1")
         check.that("flip_prob", self.flip_prob, 0.0 <= self.flip_prob <= 1.0, "must be in [0, 1]")
         check.that("num_workers", self.num_workers, self.num_workers >= 0, "must be >= 0")
+        check.that("max_bad_fraction", self.max_bad_fraction, 0.0 <= self.max_bad_fraction <= 1.0, "must be in [0, 1]")
         for key in ("synthetic_clips", "synthetic_classes", "synthetic_duration"):
             check.positive(key, getattr(self, key))
         if self.root is not None:
@@ -184,13 +186,14 @@ class TrainConfig:
     log_every: int = 10  # optimizer steps between metrics lines
     checkpoint_every: int = 1000  # optimizer steps between checkpoints (0: only at epoch ends)
     max_steps: Optional[int] = None  # stop after this many optimizer steps (tests, benchmarks)
+    max_bad_steps: int = 10  # optimizer steps in a row skipped for a non-finite loss or gradient before the run stops
     record_keys: bool = False  # append each rank's clip keys per epoch to keys-rank<r>.jsonl (audits of the data order)
 
     @property
     def lr(self) -> float:
         return self.lr_base * self.global_batch / 256
 
-    def validate(self, check: _Checker) -> None:
+    def validate(self, check: Checker) -> None:
         check.positive("global_batch", self.global_batch)
         check.positive("micro_batch", self.micro_batch)
         check.that("micro_batch", self.micro_batch, self.global_batch % self.micro_batch == 0,
@@ -210,6 +213,7 @@ class TrainConfig:
         check.that("checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 0, "must be >= 0")
         if self.max_steps is not None:
             check.positive("max_steps", self.max_steps)
+        check.positive("max_bad_steps", self.max_bad_steps)
 
 
 FINETUNE_MODES = ("audio", "video", "audio+video", "retrieval")
@@ -240,7 +244,7 @@ class FinetuneConfig:
     eval_synthetic_clips: int = 128
     tau: float = 0.1  # retrieval: InfoNCE temperature
 
-    def validate(self, check: _Checker) -> None:
+    def validate(self, check: Checker) -> None:
         check.choice("mode", self.mode, FINETUNE_MODES)
         if self.init is not None:
             check.that("init", self.init, Path(self.init).is_file(), "no such file")
@@ -281,7 +285,7 @@ class Config:
         return raw
 
 
-class _Checker:
+class Checker:
     """Raises ConfigError for the first failed check, naming `source`, `section.key` and the value."""
 
     def __init__(self, source: str, section: str):
@@ -304,7 +308,7 @@ class _Checker:
         self.that(key, value, len(value) == n, f"must be a list of {n} numbers")
 
 
-def _coerce(value: Any, hint: Any, check: _Checker, key: str) -> Any:
+def _coerce(value: Any, hint: Any, check: Checker, key: str) -> Any:
     """Returns `value` as type `hint` (int is accepted for float), or fails naming the key."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -326,7 +330,7 @@ def _coerce(value: Any, hint: Any, check: _Checker, key: str) -> Any:
 
 
 def _section_from_dict(cls: type, raw: Any, source: str, section: str):
-    check = _Checker(source, section)
+    check = Checker(source, section)
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: section '{section}' must be a JSON object, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)

@@ -21,13 +21,19 @@ from .weights import read_weights
 ENCODER_PREFIX = "backbone."
 
 
+def encoder_names(mode: str) -> tuple[str, ...]:
+    """The encoders a fine-tuning mode keeps: audio_encoder unless "video", video_encoder unless "audio"."""
+    return tuple(name for name, other_mode in (("audio_encoder", "video"), ("video_encoder", "audio")) if mode != other_mode)
+
+
 class Classifier(nn.Module):
     def __init__(self, cfg: ModelConfig, mode: str, num_classes: int, fusion_depth: int = 3):
         super().__init__()
         self.cfg, self.mode = cfg, mode
-        if mode != "video":
+        encoders = encoder_names(mode)
+        if "audio_encoder" in encoders:
             self.audio_encoder = audio_encoder(cfg)
-        if mode != "audio":
+        if "video_encoder" in encoders:
             self.video_encoder = video_encoder(cfg)
         if mode == "audio+video":
             self.fusion = Transformer(cfg.encoder_dim, fusion_depth, cfg.encoder_heads, cfg.mlp_ratio, cfg.drop_path,

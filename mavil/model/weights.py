@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -18,42 +19,89 @@ from .mavil import MAViL, Backbone
 
 CONFIG_KEY = "mavil.model_config"
 BACKBONE_PREFIX = "backbone."
+# The model-config keys that shape each part of a Backbone's tensors: a stored part fits when they agree.
+_ENCODER_KEYS = ("encoder_dim", "encoder_depth", "encoder_heads", "mlp_ratio")
+PART_KEYS = {
+    "audio_encoder": ("audio_frames", "audio_mel_bins", "audio_patch", *_ENCODER_KEYS),
+    "video_encoder": ("video_frames", "video_size", "video_patch", *_ENCODER_KEYS),
+    "fusion": ("encoder_dim", "encoder_heads", "mlp_ratio", "fusion", "fusion_depth", "bottleneck_tokens"),
+}
 
 
 def save_weights(model: MAViL, path: str | Path) -> Path:
-    """Writes every parameter and persistent buffer as fp32, and the model config, to `path`."""
+    """Writes every parameter and persistent buffer as fp32, and the model config, to `path`; under a temporary
+    name first, renamed when complete, so a crash mid-write never leaves a half-written file at `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {name: t.detach().float().cpu().contiguous() for name, t in model.state_dict().items()}
-    save_file(state, str(path), metadata={CONFIG_KEY: json.dumps(dataclasses.asdict(model.cfg))})
+    partial = path.with_name(f".{path.name}.partial")
+    save_file(state, str(partial), metadata={CONFIG_KEY: json.dumps(dataclasses.asdict(model.cfg))})
+    os.replace(partial, path)
     return path
 
 
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """-> (tensors by name, the stored model config as a dict); errors name the file."""
+    return _read(path, lambda f, name: f.get_tensor(name))
+
+
+def read_header(path: str | Path) -> tuple[dict[str, list[int]], dict]:
+    """-> (tensor shapes by name, the stored model config as a dict), from the file's header alone: no tensor
+    is read, so checking a ViT-B teacher costs milliseconds. A truncated file fails here already (the header
+    says where every tensor ends). Errors as `read_weights`."""
+    return _read(path, lambda f, name: list(f.get_slice(name).get_shape()))
+
+
+def _read(path: str | Path, entry) -> tuple[dict, dict]:
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            state = {name: f.get_tensor(name) for name in f.keys()}
+            entries = {name: entry(f, name) for name in f.keys()}
     except (OSError, SafetensorError) as err:
         raise ValueError(f"{path}: cannot read as a safetensors weights file: {err}") from None
     if CONFIG_KEY not in metadata:
         raise ValueError(f"{path}: not a MAViL weights file (no '{CONFIG_KEY}' in its metadata)")
-    return state, json.loads(metadata[CONFIG_KEY])
+    try:
+        return entries, json.loads(metadata[CONFIG_KEY])
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: its '{CONFIG_KEY}' metadata is not valid JSON: {err}") from None
 
 
 def load_teacher(path: str | Path) -> Backbone:
     """The encoders and fusion of a saved MAViL, frozen in eval mode: the stage-2 teacher."""
     state, raw_cfg = read_weights(path)
-    # Only the backbone is rebuilt, so the stored model's own stage and teacher do not matter.
-    cfg = model_config_from_dict({**raw_cfg, "stage": 1, "teacher": None}, source=f"{path} metadata")
-    teacher = Backbone(cfg)
+    teacher = Backbone(_backbone_config(path, raw_cfg))
     backbone_state = {k[len(BACKBONE_PREFIX):]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
     try:
         teacher.load_state_dict(backbone_state, strict=True)
     except RuntimeError as err:
         raise ValueError(f"{path}: weights do not fit the architecture in its own metadata: {err}") from None
     return teacher.requires_grad_(False).eval()
+
+
+def _backbone_config(path: str | Path, raw_cfg: dict) -> ModelConfig:
+    # Only the backbone matters to a reader, so the stored model's own stage and teacher do not.
+    return model_config_from_dict({**raw_cfg, "stage": 1, "teacher": None}, source=f"{path} metadata")
+
+
+def stored_architecture(path: str | Path, parts: tuple[str, ...]) -> ModelConfig:
+    """The model config of the weights file `path`, checked from its header alone to hold tensors of each backbone
+    part in `parts` ("audio_encoder", "video_encoder", "fusion"); ValueError (or ConfigError) naming the file."""
+    shapes, raw_cfg = read_header(path)
+    for part in parts:
+        prefix = f"{BACKBONE_PREFIX}{part}."
+        if not any(name.startswith(prefix) for name in shapes):
+            raise ValueError(f"{path}: holds no {prefix}* tensors: not a pre-training export")
+    return _backbone_config(path, raw_cfg)
+
+
+def architecture_differences(stored: ModelConfig, wanted: ModelConfig, parts: tuple[str, ...]) -> list[tuple]:
+    """(key, stored value, wanted value) for each model-config key that shapes `parts` and differs."""
+    keys = dict.fromkeys(key for part in parts for key in PART_KEYS[part])
+    if "mbt" not in (stored.fusion, wanted.fusion):
+        keys.pop("bottleneck_tokens", None)  # vanilla fusion has no bottleneck tokens
+    return [(key, getattr(stored, key), getattr(wanted, key)) for key in keys
+            if getattr(stored, key) != getattr(wanted, key)]
 
 
 def build_model(cfg: ModelConfig) -> MAViL:

@@ -1,0 +1,358 @@
+"""Bad inputs are refused before any work, each with a message naming the file, the key and the value.
+
+CASES is the table: one bad input per row (a config, an override, a path, a file, a missing package), what is
+wrong with it and what its message must name. Each runs the entry point's own refusal path in a scratch
+directory holding the inputs under relative paths, so that every message reads the same on every machine:
+
+- in-process, the function `main` calls before the process group: `trainer.checked_config` (pretrain.py,
+  finetune.py) or `evaluate.checked_run`;
+- a few as the real command (`python engine/pretrain.py ...`, `python -m mavil.engine.evaluate ...`), some with a
+  package made absent (`absent.py`), asserting exit status 2.
+
+Every case also asserts that nothing was made: no run directory, no synthetic set in the cache. The test writes
+the table to docs/bad_inputs.md and fails where the committed file differs; refresh it with
+
+    MAVIL_UPDATE_DOCS=1 .venv/bin/python -m pytest tests/reliability/test_bad_inputs.py
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from mavil.config import ConfigError
+from mavil.data.shards import write_manifest
+from mavil.deps import MissingDependency
+from mavil.engine.evaluate import checked_run, parse_args as evaluate_args
+from mavil.engine.finetune import Finetuner
+from mavil.engine.pretrain import Pretrainer
+from mavil.engine.trainer import checked_config, parse_args as trainer_args
+from mavil.model import MAViL, save_weights
+from mavil.model.classifier import Classifier
+
+from ..conftest import CONFIGS, REPO, tiny_config
+from .absent import run_without
+
+DOC = REPO / "docs" / "bad_inputs.md"
+SCRIPTS = {"pretrain": "engine/pretrain.py", "finetune": "engine/finetune.py", "evaluate": "mavil.engine.evaluate"}
+LABELS = [f"class-{k}" for k in range(8)]
+
+
+@dataclass(frozen=True)
+class Case:
+    entry: str  # "pretrain", "finetune" or "evaluate"
+    args: tuple[str, ...]  # its command line after the script name
+    wrong: str  # what is wrong, for the table
+    names: tuple[str, ...]  # what the message must name
+    how: str = "in-process"  # or "command": the real command line in a subprocess (exit status 2)
+    absent: tuple[str, ...] = ()  # packages that do not import (command only)
+    ranks: int = 0  # launched on this many ranks (RANK and WORLD_SIZE set); 0: a plain run
+
+
+def pre(*args, **kw) -> Case:
+    return Case("pretrain", ("--config", "cfg/stage1.json", *args), **kw)
+
+
+def stage2(*args, **kw) -> Case:
+    return Case("pretrain", ("--config", "cfg/stage2.json", *args), **kw)
+
+
+def fine(*args, **kw) -> Case:
+    return Case("finetune", ("--config", "cfg/finetune.json", *args), **kw)
+
+
+CASES = [
+    # the config file and the command line
+    Case("pretrain", ("--config", "cfg/missing.json"), wrong="the config file does not exist",
+         names=("cfg/missing.json", "No such file")),
+    Case("pretrain", ("--config", "cfg/trailing-comma.json"), wrong="not valid JSON (a trailing comma)",
+         names=("cfg/trailing-comma.json", "line 3, column 1")),
+    Case("pretrain", ("--config", "cfg/list.json"), wrong="JSON, but a list, not an object",
+         names=("cfg/list.json", "must be a JSON object")),
+    Case("pretrain", ("--config", "cfg/unknown-section.json"), wrong="a section the schema does not have",
+         names=("cfg/unknown-section.json", "'optimiser'")),
+    pre("model.mask_ration=0.7", wrong="a misspelt key on the command line", names=("'model.mask_ration'", "mask_ratio")),
+    pre("model.mask_ratio", wrong="an override without '='", names=("'model.mask_ratio'", "section.key=value")),
+    pre("optim.lr=0.001", wrong="an override of an unknown section", names=("'optim'",)),
+    pre("model.encoder_dim=big", wrong="a string where an int belongs", names=("model.encoder_dim", '"big"', "int")),
+    pre("model.norm_pix_loss=yes", wrong="a string where a bool belongs", names=("model.norm_pix_loss", '"yes"', "bool")),
+    pre("model.mask_ratio=1.5", wrong="a ratio out of range", names=("model.mask_ratio = 1.5", "(0, 1)")),
+    pre("model.audio_patch=[16,15]", wrong="a patch that does not tile the spectrogram",
+        names=("model.audio_patch = [16, 15]", "[384, 64]")),
+    pre("model.encoder_heads=5", wrong="heads that do not divide the width", names=("model.encoder_heads = 5", "64")),
+    pre("model.attention=xformers", wrong="xformers attention on a machine without a GPU",
+        names=("model.attention", "xformers", "cpu", "sdpa")),
+    pre("train.output_dir=cfg/stage1.json", wrong="the run directory is an existing file",
+        names=("train.output_dir", "cfg/stage1.json", "not a directory")),
+    # batch sizes
+    pre("train.micro_batch=3", wrong="a micro-batch that does not divide the global batch",
+        names=("cfg/stage1.json", "train.micro_batch = 3", "16"), how="command"),
+    pre(wrong="a global batch that 4 ranks of 8 clips cannot make", ranks=4,
+        names=("train.global_batch = 16", "train.micro_batch * world size = 8 * 4")),
+    pre("deepspeed.train_batch_size=32", wrong="a DeepSpeed batch field that disagrees with train",
+        names=("deepspeed.train_batch_size = 32", "16")),
+    pre("deepspeed.zero_optimization.stage=3", wrong="a ZeRO stage that would apply a step with NaN gradients",
+        names=("deepspeed.zero_optimization.stage = 3", "must be 1 or 2")),
+    pre("train.max_bad_steps=0", wrong="no skipped step allowed before stopping", names=("train.max_bad_steps = 0",)),
+    pre("data.max_bad_fraction=1.5", wrong="a fraction of unusable clips above 1", names=("data.max_bad_fraction = 1.5",)),
+    # shard directories
+    pre("data.root=shards/no-manifest", wrong="a data directory without a manifest",
+        names=("data.root", "shards/no-manifest", "manifest.json")),
+    pre("data.root=shards/no-shards", wrong="a manifest that lists no shards",
+        names=("data.root", "shards/no-shards", "no shards")),
+    pre("data.root=shards/missing-shard", wrong="a manifest that lists a shard that is not there",
+        names=("data.root", "shards/missing-shard", "shard-000001.tar")),
+    pre("data.root=shards/broken-manifest", wrong="a manifest that is not valid JSON",
+        names=("data.root", "shards/broken-manifest", "line 1")),
+    # the stage-2 teacher
+    pre("model.stage=2", wrong="stage 2 without a teacher", names=("model.teacher = null", "stage 2")),
+    stage2("model.teacher=files/nowhere.safetensors", wrong="a teacher file that does not exist",
+           names=("model.teacher", "files/nowhere.safetensors", "no such file")),
+    stage2("model.teacher=files/text.safetensors", wrong="a teacher that is not a safetensors file",
+           names=("model.teacher", "files/text.safetensors", "safetensors")),
+    stage2("model.teacher=files/truncated.safetensors", wrong="a teacher cut short (a copy that died mid-file)",
+           names=("model.teacher", "files/truncated.safetensors", "not fully covered")),
+    stage2("model.teacher=files/plain.safetensors", wrong="a safetensors file without a MAViL config",
+           names=("model.teacher", "files/plain.safetensors", "not a MAViL weights file")),
+    stage2("model.teacher=files/narrow.safetensors", wrong="a teacher of another width and depth",
+           names=("model.teacher", "model.encoder_dim = 32 there, 64 here", "model.encoder_depth = 1 there, 2 here")),
+    stage2("model.teacher=files/short-audio.safetensors", wrong="a teacher for 256-frame spectrograms",
+           names=("model.teacher", "model.audio_frames = 256 there, 384 here")),
+    stage2("model.teacher=files/mbt.safetensors", wrong="a teacher with bottleneck fusion",
+           names=("model.teacher", 'model.fusion = "mbt" there, "vanilla" here')),
+    stage2("model.teacher=files/finetuned.safetensors", wrong="a fine-tuned classifier as the teacher",
+           names=("model.teacher", "files/finetuned.safetensors", "backbone.audio_encoder")),
+    stage2("model.teacher=files/narrow.safetensors", wrong="the same, as the real command",
+           names=("cfg/stage2.json", "model.encoder_dim = 32 there"), how="command"),
+    # fine-tuning
+    fine("finetune.init=files/narrow.safetensors", wrong="an initialisation of another width and depth",
+         names=("finetune.init", "files/narrow.safetensors", "model.encoder_dim = 32 there, 64 here")),
+    fine("finetune.init=files/finetuned.safetensors", wrong="a fine-tuned model as the initialisation",
+         names=("finetune.init", "backbone.audio_encoder", "pre-training export")),
+    fine("data.root=shards/good", "finetune.eval_root=shards/other-labels", wrong="evaluation shards of other classes",
+         names=("finetune.eval_root", "shards/other-labels", "class 0")),
+    fine("data.root=shards/no-labels", wrong="classification on shards without classes",
+         names=("data.root", "shards/no-labels", "no classes")),
+    fine("finetune.eval_root=shards/missing-shard", wrong="evaluation shards with a shard missing",
+         names=("finetune.eval_root", "shards/missing-shard", "shard-000001.tar")),
+    # evaluation
+    Case("evaluate", ("--run", "runs/empty"), wrong="a run directory without config.json",
+         names=("runs/empty/config.json", "No such file")),
+    Case("evaluate", ("--run", "runs/pretrained"), wrong="a pre-training run given to evaluation",
+         names=("runs/pretrained", "audio_encoder.*", "finetune.mode")),
+    Case("evaluate", ("--run", "runs/finetuned", "--data", "shards/no-shards"), wrong="evaluation shards listing no shards",
+         names=("--data shards/no-shards", "no shards"), how="command"),
+    # missing packages
+    pre(wrong="DeepSpeed is not installed", names=("deepspeed==0.19.8", "pip install --no-build-isolation"),
+        how="command", absent=("deepspeed",)),
+    pre(wrong="DALI is not installed", names=("nvidia-dali-cuda130==2.4.0", "pip install nvidia-dali-cuda130==2.4.0"),
+        how="command", absent=("nvidia.dali",)),
+]
+
+
+# the scratch directory: cfg/ configs, files/ weights files, shards/ shard directories, runs/ run directories
+def write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def tiny_raw(name: str) -> dict:
+    raw = json.loads((CONFIGS / "tiny" / name).read_text())
+    raw["train"]["output_dir"] = "run"
+    return raw
+
+
+def make_configs(cfg: Path) -> None:
+    write_json(cfg / "stage1.json", tiny_raw("stage1.json"))
+    stage2 = tiny_raw("stage2.json")
+    stage2["model"]["teacher"] = "files/teacher.safetensors"
+    write_json(cfg / "stage2.json", stage2)
+    write_json(cfg / "finetune.json", tiny_raw("finetune.json"))
+    (cfg / "trailing-comma.json").write_text('{\n  "model": {"mask_ratio": 0.8},\n}\n')
+    (cfg / "list.json").write_text("[1, 2]\n")
+    write_json(cfg / "unknown-section.json", {"optimiser": {"lr": 1e-3}})
+
+
+def make_weights(files: Path) -> None:
+    files.mkdir()
+    save_weights(MAViL(tiny_config().model), files / "teacher.safetensors")
+    for name, overrides in {"narrow": ("model.encoder_dim=32", "model.encoder_depth=1"),
+                            "short-audio": ("model.audio_frames=256",), "mbt": ("model.fusion=mbt",)}.items():
+        save_weights(MAViL(tiny_config(*overrides).model), files / f"{name}.safetensors")
+    save_weights(Classifier(tiny_config().model, "audio", len(LABELS)), files / "finetuned.safetensors")
+    teacher = (files / "teacher.safetensors").read_bytes()
+    (files / "truncated.safetensors").write_bytes(teacher[: len(teacher) // 2])
+    (files / "text.safetensors").write_text("these are not weights\n")
+    save_file({"weight": torch.zeros(2)}, str(files / "plain.safetensors"))
+
+
+def make_shards(root: Path, labels: list[str] = LABELS, listed: int = 1, present: int = 1) -> None:
+    """A shard directory as the checks see it: a manifest listing `listed` shards, `present` of them on disk
+    (empty files: no check before work reads a tar)."""
+    root.mkdir(parents=True)
+    names = [f"shard-{n:06d}" for n in range(listed)]
+    for name in names[:present]:
+        (root / f"{name}.tar").touch()
+        (root / f"{name}.idx").touch()
+    write_manifest(root, [{"tar": f"{n}.tar", "index": f"{n}.idx", "clips": 4} for n in names], labels, {}, [])
+
+
+def make_runs(runs: Path, files: Path) -> None:
+    (runs / "empty").mkdir(parents=True)
+    for name, config, weights in (("pretrained", "stage1.json", "teacher"), ("finetuned", "finetune.json", "finetuned")):
+        write_json(runs / name / "config.json", tiny_raw(config))
+        (runs / name / "model.safetensors").write_bytes((files / f"{weights}.safetensors").read_bytes())
+
+
+def build_scratch(root: Path) -> None:
+    make_configs(root / "cfg")
+    make_weights(root / "files")
+    make_shards(root / "shards" / "good")
+    make_shards(root / "shards" / "other-labels", labels=[f"other-{k}" for k in range(8)])
+    make_shards(root / "shards" / "no-labels", labels=[])
+    make_shards(root / "shards" / "no-shards", listed=0, present=0)
+    make_shards(root / "shards" / "missing-shard", listed=2, present=1)
+    (root / "shards" / "no-manifest").mkdir()
+    (root / "shards" / "broken-manifest").mkdir()
+    (root / "shards" / "broken-manifest" / "manifest.json").write_text("{")
+    make_runs(root / "runs", root / "files")
+
+
+# running a case
+@dataclass
+class Outcome:
+    message: str | None  # the refusal's message; None: not refused
+    detail: str  # what happened instead
+    made: list[str]  # what the case created: the run directory, the synthetic set's cache
+
+
+TRAINERS = {"pretrain": Pretrainer, "finetune": Finetuner}
+
+
+def refuse_in_process(case: Case) -> str:
+    """The refusal `main` prints, from the function it calls before the process group."""
+    if case.entry == "evaluate":
+        args = evaluate_args(list(case.args))
+        checked_run(args.run, args.data)
+    else:
+        args = trainer_args(list(case.args), "")
+        checked_config(TRAINERS[case.entry], args.config, args.overrides)
+    raise AssertionError("not refused")
+
+
+def refuse_by_command(case: Case, root: Path) -> str:
+    """The real command's stderr 'error: ...' line; its exit status must be 2."""
+    if case.entry == "evaluate":
+        result = run_without(case.absent, "-m", SCRIPTS[case.entry], list(case.args), root)
+    else:
+        result = run_without(case.absent, "script", str(REPO / SCRIPTS[case.entry]), list(case.args), root)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode == 2 and errors, f"exit status {result.returncode}: {result.stderr[-2000:]}"
+    return errors[-1].removeprefix("error: ")
+
+
+def run_case(case: Case, root: Path) -> Outcome:
+    with pytest.MonkeyPatch.context() as patch:
+        if case.ranks:
+            patch.setenv("RANK", "0")
+            patch.setenv("WORLD_SIZE", str(case.ranks))
+        try:
+            if case.how == "command":
+                message, detail = refuse_by_command(case, root), ""
+            else:
+                message, detail = None, "not refused"
+                refuse_in_process(case)
+        except (ConfigError, MissingDependency) as err:
+            message, detail = str(err), ""
+        except Exception as err:  # anything else is a failure of the case, reported by its test
+            message, detail = None, f"{type(err).__name__}: {err}"
+    made = [name for name in ("run", "cache") if (root / name).exists()]
+    return Outcome(message, detail, made)
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory) -> list[Outcome]:
+    root = tmp_path_factory.mktemp("bad-inputs")
+    build_scratch(root)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)  # relative paths: the messages are the same on every machine
+        patch.setenv("MAVIL_CACHE", str(root / "cache"))
+        patch.delenv("RANK", raising=False)
+        if torch.cuda.is_available():  # the table is a CPU machine's (xformers attention is refused there)
+            patch.setattr(torch.cuda, "is_available", lambda: False)
+        return [run_case(case, root) for case in CASES]
+
+
+@pytest.mark.parametrize("index", range(len(CASES)), ids=[f"{i:02d}-{c.entry}" for i, c in enumerate(CASES)])
+def test_a_bad_input_is_refused_before_any_work_naming_what_is_wrong(outcomes, index):
+    case, outcome = CASES[index], outcomes[index]
+    assert outcome.message is not None, f"{command(case)}: {outcome.detail}"
+    for fragment in case.names:
+        assert fragment in outcome.message, f"{fragment!r} not in {outcome.message!r}"
+    if case.args[:1] == ("--config",) and " = " in outcome.message:  # a key = value message names the file first
+        assert outcome.message.startswith(f"{case.args[1]}: "), outcome.message
+    assert not outcome.made, f"{command(case)} made {outcome.made}"
+
+
+# the table
+def command(case: Case) -> str:
+    script = {"pretrain": "pretrain.py", "finetune": "finetune.py", "evaluate": "evaluate"}[case.entry]
+    where = f"on {case.ranks} ranks: " if case.ranks else ""
+    without = f" (without {', '.join(case.absent)})" if case.absent else ""
+    return f"{where}{script} {' '.join(case.args)}{without}"
+
+
+def cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def table(outcomes: list[Outcome]) -> str:
+    rows = [f"| {n} | `{cell(command(case))}` | {cell(case.wrong)} | {cell(outcome.message or 'NOT REFUSED')} |"
+            for n, (case, outcome) in enumerate(zip(CASES, outcomes), start=1)]
+    return "\n".join([
+        "# Bad inputs and what they get",
+        "",
+        "Generated by `tests/reliability/test_bad_inputs.py`, which fails when this file differs from what the",
+        "entry points print; refresh it with `MAVIL_UPDATE_DOCS=1 .venv/bin/python -m pytest "
+        "tests/reliability/test_bad_inputs.py`.",
+        "",
+        "Each input is refused before any work (no process group, model, DeepSpeed engine, data or run directory):",
+        "the command prints `error: <message>` and exits with status 2. `pretrain.py` and `finetune.py` are",
+        "`engine/pretrain.py` and `engine/finetune.py`, `evaluate` is `python -m mavil.engine.evaluate`. Paths are",
+        "relative to a scratch directory: `cfg/` holds the tiny configs (`configs/tiny/`, run directory `run`,",
+        "the stage-2 teacher `files/teacher.safetensors`), `files/` weights files (the teacher; tiny models of",
+        "another width, input size or fusion; a fine-tuned classifier; a truncated copy; text; a safetensors",
+        "file without MAViL metadata), `shards/` shard directories, `runs/` run directories.",
+        "",
+        "| # | command | what is wrong | message |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+    ])
+
+
+def test_the_table_in_docs_is_what_the_entry_points_print(outcomes):
+    text = table(outcomes)
+    if os.environ.get("MAVIL_UPDATE_DOCS") == "1":
+        DOC.write_text(text)
+    assert DOC.is_file() and DOC.read_text() == text, \
+        "docs/bad_inputs.md is out of date: MAVIL_UPDATE_DOCS=1 .venv/bin/python -m pytest tests/reliability/test_bad_inputs.py"
+
+
+def test_good_inputs_pass_the_same_checks(tmp_path, monkeypatch):
+    """The checks refuse only what cannot run: the tiny stage-2 config with its own teacher, and video fine-tuning
+    from a teacher whose audio input differs (only the encoders the mode keeps are compared)."""
+    build_scratch(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RANK", raising=False)
+    assert checked_config(Pretrainer, "cfg/stage2.json", []).model.teacher == "files/teacher.safetensors"
+    cfg = checked_config(Finetuner, "cfg/finetune.json", ["finetune.mode=video", "finetune.init=files/short-audio.safetensors",
+                                                         "data.root=shards/good", "finetune.eval_root=shards/good"])
+    assert cfg.finetune.init == "files/short-audio.safetensors"
+    assert checked_run(Path("runs/finetuned"), Path("shards/good")).finetune.mode == "audio"
+    assert not (tmp_path / "run").exists()
