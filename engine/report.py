@@ -20,15 +20,20 @@ def rows(root: Path) -> list[dict]:
     for path in sorted(root.glob("*/eval.json")):
         finetune = json.loads((path.parent / "config.json").read_text())["finetune"]
         scores = json.loads(path.read_text())
-        multi = {k: v for k, v in scores.items() if k.startswith("accuracy_") and k.endswith("clips")}
         found.append({"run": path.parent.name, "mode": finetune["mode"], "init": finetune["init"] or "random",
-                      **{c: scores.get(c) for c in COLUMNS}, "accuracy multi-clip": next(iter(multi.values()), None)})
+                      **{c: scores.get(c) for c in COLUMNS}, "accuracy multi-clip": multi_clip(scores, "accuracy"),
+                      "mAP multi-clip": multi_clip(scores, "mAP")})
     return found
 
 
+def multi_clip(scores: dict, metric: str) -> float | None:
+    """The multi-clip inference score of `metric` (eval.json's "<metric>_<n>clips"), or None without one."""
+    return next((v for k, v in scores.items() if k.startswith(f"{metric}_") and k.endswith("clips")), None)
+
+
 def table(found: list[dict]) -> str:
-    columns = ["run", "mode", "init", "accuracy", "accuracy multi-clip", "mAP", "a2v_R@1", "a2v_R@5",
-               "a2v_median_rank", "chance_R@1"]
+    columns = ["run", "mode", "init", "accuracy", "accuracy multi-clip", "mAP", "mAP multi-clip", "a2v_R@1",
+               "a2v_R@5", "a2v_median_rank", "chance_R@1"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in found:
         cells = [f"{row[c]:.3f}" if isinstance(row[c], float) else ("" if row[c] is None else str(row[c])) for c in columns]
