@@ -7,9 +7,11 @@ audio-video retrieval, from a pre-training export (or from random initialisation
 Only the pre-trained encoders are kept; their tokens are average-pooled into a linear head (audio+video:
 through a 3-layer Transformer over both first, the video encoder at half the lr). Training adds the
 fine-tuning masking (audio: 20% of time rows and frequency columns of patches; video: 20% of tokens),
-SpecAugment, mixup with BCE (or CE without mixup), noise where the config says, and the weighted sampler
-of App. B. The loop, checkpoints and resume are `trainer.Trainer`'s; after the last epoch the model is
-exported and evaluated on the evaluation set (`evaluate.py`), the scores written to RUN_DIR/eval.json.
+SpecAugment, mixup with BCE (or CE without mixup), noise where the config says, the magnitude augmentation
+(a random waveform gain, `finetune.magnitude_db`), and the weighted sampler of App. B or, for SPC, the
+repetition of small classes (Table 10's *, `finetune.balance_fraction`). The loop, checkpoints and resume
+are `trainer.Trainer`'s; after the last epoch the model is exported and evaluated on the evaluation set
+(`evaluate.py`), the scores written to RUN_DIR/eval.json.
 """
 from __future__ import annotations
 
@@ -24,8 +26,9 @@ if __package__ in (None, ""):  # run as a script (the deepspeed launcher does): 
 import torch
 import torch.nn.functional as F
 
-from ..data.pipeline import ClipIndex, Loader, LoaderSpec
-from ..data.sampling import WeightedDraws, clip_weights
+from ..config import ConfigError
+from ..data.pipeline import Loader, LoaderSpec
+from ..data.sampling import BalancedRepeats, WeightedDraws, clip_weights
 from ..kernels import info_nce, info_nce_global
 from ..model.classifier import Classifier, load_encoders
 from ..model.masking import random_masking, time_frequency_keep
@@ -49,14 +52,24 @@ class Finetuner(Trainer):
         self.mode = cfg.finetune.mode
         self.tokens_per_sample = (cfg.model.audio_tokens if self.mode != "video" else 0) + \
                                  (cfg.model.video_tokens if self.mode != "audio" else 0)
-        self.draws = self._weighted_draws(cfg, rank, world) if cfg.finetune.weighted_sampling else None
+        self.draws = self._sampler(cfg, rank, world)
         super().__init__(cfg, rank, world, device)
 
-    def _weighted_draws(self, cfg, rank: int, world: int) -> WeightedDraws:
-        index = ClipIndex(self.health.usable_shards())  # the usable clips, numbered as Loader(clips=...) takes them
-        labels = [index.meta(clip).get("labels", []) for clip in range(len(index))]
-        return WeightedDraws(clip_weights(labels, self.num_classes), cfg.finetune.sampling_size, rank, world,
-                             cfg.train.seed)
+    def _sampler(self, cfg, rank: int, world: int) -> WeightedDraws | BalancedRepeats | None:
+        """Each epoch's clips for this rank: weighted draws (App. B), classes repeated (SPC), or None: every clip once."""
+        ft, labels = cfg.finetune, self.health.labels()
+        if ft.weighted_sampling:
+            return WeightedDraws(clip_weights(labels, self.num_classes), ft.sampling_size, rank, world, cfg.train.seed)
+        if ft.balance_fraction > 0:
+            return BalancedRepeats(labels, ft.balance_fraction, self._balance_reference(), rank, world, cfg.train.seed)
+        return None
+
+    def _balance_reference(self) -> int | None:
+        name, names = self.cfg.finetune.balance_class, self.manifest["label_names"]
+        if name is not None and name not in names:
+            raise ConfigError(f"{self.cfg.source}: finetune.balance_class = {name!r}: not a class of {self.root} "
+                              f"(its label names: {', '.join(names[:10])}{', ...' if len(names) > 10 else ''})")
+        return None if name is None else names.index(name)
 
     def build_model(self) -> torch.nn.Module:
         ft = self.cfg.finetune
@@ -73,6 +86,7 @@ class Finetuner(Trainer):
 
     def epoch_loader(self, epoch: int) -> Loader:
         spec = LoaderSpec.from_config(self.cfg, self.cfg.train.micro_batch, train=True)
+        spec.gain_db = self.cfg.finetune.magnitude_db
         seed = self.cfg.train.seed * 1000 + epoch
         if self.draws is not None:
             return Loader(self.root, spec, self.rank, self.world, seed, self.device, clips=self.draws.epoch(epoch).tolist(),

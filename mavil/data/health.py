@@ -53,7 +53,7 @@ from mavil.deps import require
 
 av = require("av")  # PyAV; a missing one is named with its pip requirement and install command
 
-REPORT, INDEX_DIR, HEALTH_VERSION = "health.json", "health-index", 1
+REPORT, INDEX_DIR, HEALTH_VERSION = "health.json", "health-index", 2  # 2: labels per usable clip
 UNUSABLE_KINDS = ("missing_video", "missing_audio", "missing_meta", "truncated", "meta_undecodable", "video_empty",
                   "video_undecodable", "audio_empty", "audio_undecodable")
 REPAIRED_KINDS = ("audio_resampled", "audio_downmixed", "short_audio", "short_video")
@@ -84,8 +84,8 @@ class Bad(Exception):
 
 
 def check_clip(job: tuple[str, int, str, int]) -> list:
-    """(tar path, tar size, index line, classes) -> [sample_rate, channels, samples, frames] of a usable clip, or
-    [key, kind, detail] of an unusable one."""
+    """(tar path, tar size, index line, classes) -> [sample_rate, channels, samples, frames, labels] of a usable
+    clip, or [key, kind, detail] of an unusable one."""
     tar, tar_size, line, classes = job
     members = index_members(line)
     key = next(iter(members.values()))[2].partition(".")[0] if members else "?"
@@ -104,14 +104,14 @@ def check_members(tar: str, tar_size: int, members: dict[str, tuple[int, int, st
         if offset + size > tar_size:
             raise Bad("truncated", f"{name} ends at byte {offset + size}, past the tar's end at {tar_size}")
     video, audio, meta = (read_member(tar, members[ext]) for ext in (video_ext, "flac", "json"))
-    check_meta(meta, classes)
+    labels = check_meta(meta, classes)
     frames = count_frames(video)
-    return [*audio_facts(audio), frames]
+    return [*audio_facts(audio), frames, labels]
 
 
-def check_meta(raw: bytes, classes: int) -> None:
-    """Bad unless the metadata is what the loaders batch: META_BYTES of JSON with the clip's key and labels in
-    [0, classes)."""
+def check_meta(raw: bytes, classes: int) -> list[int]:
+    """The clip's labels; Bad unless the metadata is what the loaders batch: META_BYTES of JSON with the clip's key
+    and labels in [0, classes)."""
     if len(raw) != META_BYTES:
         raise Bad("meta_undecodable", f"{len(raw)} bytes, not the shard format's {META_BYTES}")
     try:
@@ -123,6 +123,7 @@ def check_meta(raw: bytes, classes: int) -> None:
         raise Bad("meta_undecodable", "not a JSON object with a key")
     if not isinstance(labels, list) or not all(isinstance(c, int) and 0 <= c < classes for c in labels):
         raise Bad("meta_undecodable", f"labels {labels} are not class indices below {classes}")
+    return labels
 
 
 def read_member(tar: str, member: tuple[int, int, str]) -> bytes:
@@ -171,7 +172,7 @@ class ShardHealth:
     tar: Path
     index: Path  # what DALI reads: the shard's own index, or the one of its usable clips beside the report
     clips: int
-    usable: list[list[int]]  # per usable clip, in index order: [line, sample_rate, channels, samples, frames]
+    usable: list[list]  # per usable clip, in index order: [line, sample_rate, channels, samples, frames, labels]
     bad: list[dict]  # per unusable clip: {"line", "key", "kind", "detail"}
 
 
@@ -221,6 +222,11 @@ class DataHealth:
         """(tar, index) of each shard with a usable clip, in manifest order: what DALI and ClipIndex read."""
         return [(shard.tar, shard.index) for shard in self.shards if shard.usable]
 
+    def labels(self) -> list[list[int]]:
+        """Each usable clip's class indices, numbered as `ClipIndex` and `Loader(clips=...)` number them (for the
+        samplers: no clip's metadata is read again)."""
+        return [clip[5] for shard in self.shards for clip in shard.usable]
+
     def unusable_counts(self) -> dict[str, int]:
         counts = dict.fromkeys(UNUSABLE_KINDS, 0)
         for shard in self.shards:
@@ -232,7 +238,7 @@ class DataHealth:
         counts, repaired_clips = dict.fromkeys(REPAIRED_KINDS, 0), 0
         needed = samples_for_frames(windows.audio_frames, windows.sample_rate)
         for shard in self.shards:
-            for _, rate, channels, samples, frames in shard.usable:
+            for _, rate, channels, samples, frames, _ in shard.usable:
                 kinds = [kind for kind, applies in (
                     ("audio_resampled", rate != windows.sample_rate), ("audio_downmixed", channels > 1),
                     ("short_audio", math.ceil(samples * windows.sample_rate / rate) < needed),

@@ -140,6 +140,8 @@ CASES = [
          names=("data.root", "shards/no-labels", "no classes")),
     fine("finetune.eval_root=shards/missing-shard", wrong="evaluation shards with a shard missing",
          names=("finetune.eval_root", "shards/missing-shard", "shard-000001.tar")),
+    fine("finetune.weighted_sampling=true", "finetune.balance_fraction=0.5", wrong="two samplers at once",
+         names=("finetune.balance_fraction = 0.5", "weighted sampling")),
     # evaluation
     Case("evaluate", ("--run", "runs/empty"), wrong="a run directory without config.json",
          names=("runs/empty/config.json", "No such file")),
