@@ -234,8 +234,11 @@ class FinetuneConfig:
     mask_freq: float = 0.2  # and of its frequency patch-columns
     mask_video: float = 0.2  # fraction of the video tokens dropped (over space and time)
     noise: bool = False  # "N": random noise at 20 dB SNR added to the spectrograms
+    magnitude_db: float = 6.0  # magnitude augmentation: a random waveform gain in [-x, x] dB (the paper names no range)
     weighted_sampling: bool = False  # App. B: draws with replacement, weights from label frequencies
     sampling_size: int = 200_000  # draws per epoch with weighted sampling
+    balance_fraction: float = 0.0  # Table 10's * (SPC): classes repeated up to this fraction of the reference's size
+    balance_class: Optional[str] = None  # the reference class by label name; None: the largest class
     fusion_depth: int = 3  # audio+video: vanilla Transformer layers over both encoders' tokens
     video_lr_scale: float = 0.5  # audio+video: the video encoder's lr factor
     eval_clips: int = 10  # multi-clip inference: uniformly spaced video windows, predictions averaged
@@ -256,6 +259,10 @@ class FinetuneConfig:
             check.that(key, getattr(self, key), getattr(self, key) >= 0, "must be >= 0")
         for key in ("mask_time", "mask_freq", "mask_video"):
             check.that(key, getattr(self, key), 0.0 <= getattr(self, key) < 1.0, "must be in [0, 1)")
+        check.that("magnitude_db", self.magnitude_db, self.magnitude_db >= 0, "must be >= 0")
+        check.that("balance_fraction", self.balance_fraction, self.balance_fraction >= 0, "must be >= 0")
+        check.that("balance_fraction", self.balance_fraction, self.balance_fraction == 0 or not self.weighted_sampling,
+                   "class repetition and weighted sampling exclude each other: set one of them")
         for key in ("sampling_size", "eval_clips", "eval_synthetic_clips"):
             check.positive(key, getattr(self, key))
         check.that("fusion_depth", self.fusion_depth, self.fusion_depth >= 0, "must be >= 0")

@@ -16,13 +16,16 @@ In DALI (CPU pipeline without CUDA; GPU decode and augmentation with it):
   horizontal flip with `flip_prob`; evaluation: resize the short side and centre crop; ImageNet
   mean/std normalisation; layout C, T, H, W.
 - audio: decode to 16 kHz mono float (other rates resampled, several channels averaged: the repairs the
-  health check counts), padded with zeros to the longest clip of the batch; the real length travels beside it.
+  health check counts), in training scaled by a random gain of up to `gain_db` decibels either way (the
+  paper's fine-tuning "magnitude augmentation"; 0 = off, as in pre-training), padded with zeros to the longest
+  clip of the batch; the real length travels beside it.
 After DALI, in PyTorch on the same device: the Kaldi-exact fbank of each clip (mean removed over its
 real samples, `mavil.data.fbank`), cut or zero-padded to `audio_frames`, in training rolled by a
 random circular time shift (the paper's "R"), normalised as (x - mean) / (2 * std).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -60,6 +63,7 @@ class LoaderSpec:
     num_threads: int = 2
     shuffle_buffer: int = 1024
     eval_clips: int = 1  # evaluation: this many uniformly spaced windows per video -> video (B, clips, 3, T, S, S)
+    gain_db: float = 0.0  # training: each waveform scaled by 10^(u/20), u uniform in [-gain_db, gain_db]; 0: off
 
     @classmethod
     def from_config(cls, cfg, batch_size: int, train: bool = True) -> "LoaderSpec":
@@ -123,11 +127,21 @@ def _dali_pipeline(paths: list[str], index_paths: list[str], spec: LoaderSpec, s
         clip = _window(fn, types, frames, spec)
         clip = _augment(fn, types, clip, spec)
         wave, _ = fn.decoders.audio(audio, dtype=types.FLOAT, downmix=True, sample_rate=spec.sample_rate)
+        if spec.train and spec.gain_db > 0:
+            wave = wave * _random_gain(spec.gain_db)
         length = wave.shape(dtype=types.INT32)[0]
         wave = fn.pad(wave.gpu() if on_gpu else wave, axes=[0])  # zeros to the batch's longest clip
         return clip, wave, length, meta
 
     return pipeline()
+
+
+def _random_gain(gain_db: float):
+    """A DALI node: per sample, the amplitude factor 10^(u/20) of a gain u uniform in [-gain_db, gain_db] dB."""
+    from nvidia.dali import fn, math as dali_math
+
+    decibels = fn.random.uniform(range=[-gain_db, gain_db])
+    return dali_math.exp(decibels * (math.log(10) / 20))
 
 
 def _window(fn, types, frames, spec: LoaderSpec):

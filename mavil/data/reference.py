@@ -158,8 +158,11 @@ class ReferenceClips(torch.utils.data.IterableDataset):
             yield self.features(video, audio, index.meta(clip), rng)
 
     def features(self, video: bytes, audio: bytes, meta: dict, rng: np.random.Generator) -> dict:
-        return {"audio": audio_features(decode_audio(audio, self.spec.sample_rate), self.spec),
-                "video": video_features(decode_video(video), self.spec, rng), "meta": meta}
+        wave = decode_audio(audio, self.spec.sample_rate)
+        if self.spec.train and self.spec.gain_db > 0:  # magnitude augmentation, as the pipeline's
+            wave = wave * 10 ** (rng.uniform(-self.spec.gain_db, self.spec.gain_db) / 20)
+        return {"audio": audio_features(wave, self.spec), "video": video_features(decode_video(video), self.spec, rng),
+                "meta": meta}
 
 
 def reference_loader(root: str | Path, spec: LoaderSpec, rank: int = 0, world_size: int = 1, seed: int = 0,

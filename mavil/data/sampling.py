@@ -1,4 +1,5 @@
-"""Balanced sampling for fine-tuning on the unbalanced sets (AS-2M, VGGSound), paper App. B and Table 10.
+"""Balanced sampling for fine-tuning on the unbalanced sets (AS-2M, VGGSound), paper App. B and Table 10;
+class repetition for SPC (Table 10's *, `BalancedRepeats` below).
 
 A class c weighs w_c = 1000 / (count_c + 0.01), count_c the number of training clips labelled c; a clip
 weighs the sum of its classes' weights. Each epoch draws `draws_per_epoch` clips (200,000 in the paper)
@@ -10,6 +11,8 @@ A clip with no label weighs 0 (the empty sum of the formula, as in the AST/PSLA 
 follows) and is never drawn: it carries no positive for the class-balanced objective.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -58,9 +61,51 @@ class WeightedDraws:
 
     def global_draw(self, epoch: int) -> torch.Tensor:
         """-> (draws_per_epoch,) long, every rank's clip indices of this epoch, identical on all ranks."""
-        generator = torch.Generator().manual_seed((self.seed * SEED_MULTIPLIER + epoch) % 2 ** SEED_BITS)
-        return torch.multinomial(self.weights, self.draws_per_epoch, replacement=True, generator=generator)
+        return torch.multinomial(self.weights, self.draws_per_epoch, replacement=True,
+                                 generator=epoch_generator(self.seed, epoch))
 
     def epoch(self, epoch: int) -> torch.Tensor:
         """-> this rank's clip indices for the epoch (long): every world_size-th draw from position rank."""
         return self.global_draw(epoch)[self.rank::self.world_size]
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of (seed, epoch): the same on every rank, its own stream per epoch."""
+    return torch.Generator().manual_seed((seed * SEED_MULTIPLIER + epoch) % 2 ** SEED_BITS)
+
+
+class BalancedRepeats:
+    """Table 10's * for SPC: "repeat and balance each class to 50% of the size of the unknown class".
+
+    A clip's class is its first label. Each class with fewer clips than target = ceil(fraction * count of the
+    reference class) (the largest class unless named: in SPC-1 that is "unknown") has its clips repeated, cycling
+    through them in a new random order each epoch, up to `target`; larger classes and unlabelled clips appear
+    once. The epoch's list is shuffled by (seed, epoch), identical on every rank; rank r takes every
+    world_size-th clip from r, as `WeightedDraws` does.
+    """
+
+    def __init__(self, labels: list[list[int]], fraction: float, reference: int | None = None, rank: int = 0,
+                 world_size: int = 1, seed: int = 0):
+        first = torch.tensor([classes[0] if classes else -1 for classes in labels], dtype=torch.long)  # (N,)
+        counts = torch.bincount(first[first >= 0]) if (first >= 0).any() else torch.zeros(1, dtype=torch.long)
+        reference = int(counts.argmax()) if reference is None else reference
+        self.target = math.ceil(fraction * int(counts[reference])) if reference < len(counts) else 0
+        self.members = [torch.nonzero(first == c).flatten() for c in range(len(counts))]  # per class: its clips
+        self.once = torch.nonzero(first < 0).flatten()  # unlabelled clips
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+
+    def global_order(self, epoch: int) -> torch.Tensor:
+        """-> (M,) long, the epoch's clip indices for all ranks: the repeated classes, shuffled."""
+        generator = epoch_generator(self.seed, epoch)
+        parts = [self.once]
+        for clips in self.members:
+            if 0 < len(clips) < self.target:
+                cycled = clips[torch.randperm(len(clips), generator=generator)].repeat(-(-self.target // len(clips)))
+                parts.append(cycled[: self.target])
+            else:
+                parts.append(clips)
+        order = torch.cat(parts)
+        return order[torch.randperm(len(order), generator=generator)]
+
+    def epoch(self, epoch: int) -> torch.Tensor:
+        return self.global_order(epoch)[self.rank::self.world_size]

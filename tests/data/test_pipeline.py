@@ -1,6 +1,8 @@
 """The DALI pipeline against the reference loader, frame sampling, sharding and the batch contract."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -163,3 +165,17 @@ def test_given_clips_are_read_in_their_order(clips):
     assert len(loader) == 2
     for _ in range(2):  # epochs repeat the same list
         assert [key for batch in loader for key in batch["key"]] == ["clip005", "clip005", "clip000", "clip006"]
+
+
+def test_magnitude_augmentation_shifts_each_clips_log_mel_by_its_own_gain(clips):
+    """A waveform gain of u dB adds u * ln(10) / 10 to every log-mel value: one constant per clip, |u| <= gain_db."""
+    spec = dict(batch_size=3, audio_frames=256, video_frames=4, video_size=48, time_shift=False)  # clips >= 3 s: no padding
+    plain, gained = ({k: a for b in Loader(clips, LoaderSpec(**spec, gain_db=gain), device="cpu", seed=5)
+                      for k, a in zip(b["key"], b["audio"])} for gain in (0.0, 12.0))
+    offsets = []
+    for key, audio in plain.items():
+        shift = gained[key] - audio  # normalised units: log-mel / (2 * std)
+        typical = shift.median()  # except where the log floor cuts in (empty low mel filters, the quietest bins)
+        assert (shift - typical).abs().lt(1e-3).float().mean() > 0.95, key
+        offsets.append(float(typical) * 2 * LoaderSpec(1).audio_std * 10 / math.log(10))  # back to dB
+    assert all(abs(u) <= 12.0 + 1e-3 for u in offsets) and len({round(u, 2) for u in offsets}) == len(offsets)

@@ -3,7 +3,7 @@ proportional to them, classes balanced, ranks holding disjoint slices of one det
 import pytest
 import torch
 
-from mavil.data.sampling import WeightedDraws, clip_weights
+from mavil.data.sampling import BalancedRepeats, WeightedDraws, clip_weights
 
 CLASS_COUNTS = (1000, 300, 50, 10, 2)
 
@@ -98,3 +98,30 @@ def test_invalid_weights_and_ranks_raise():
         WeightedDraws(torch.tensor([1.0, -1.0]))
     with pytest.raises(ValueError, match="rank"):
         WeightedDraws(torch.ones(4), rank=2, world_size=2)
+
+
+def spc_like_labels() -> list[list[int]]:
+    """Class 2 plays SPC's "unknown" (the largest); two clips carry no label."""
+    return [[0]] * 7 + [[1]] * 30 + [[2]] * 40 + [[3]] * 3 + [[]] * 2
+
+
+def test_balanced_repeats_lift_small_classes_to_the_fraction_of_the_reference():
+    labels = spc_like_labels()
+    order = BalancedRepeats(labels, fraction=0.5, seed=4).global_order(epoch=0)
+    first = torch.tensor([classes[0] if classes else -1 for classes in labels])[order]
+    assert [int((first == c).sum()) for c in range(4)] == [20, 30, 40, 20]  # target ceil(0.5 * 40) = 20
+    assert int((first == -1).sum()) == 2
+    per_clip = torch.bincount(order, minlength=len(labels))
+    assert sorted(per_clip[:7].tolist()) == [2] + [3] * 6  # 20 over 7 clips: each 2 or 3 times
+    assert per_clip[7:77].eq(1).all()  # classes at or above the target: once each
+    assert set(per_clip[77:80].tolist()) <= {6, 7} and int(per_clip[77:80].sum()) == 20
+
+
+def test_balanced_repeats_reference_class_by_index_and_ranks_split_one_order():
+    labels = spc_like_labels()
+    order = BalancedRepeats(labels, fraction=1.0, reference=1, seed=4).global_order(epoch=2)
+    assert len(order) == 30 + 30 + 40 + 30 + 2  # every class lifted to class 1's 30 clips
+    slices = [BalancedRepeats(labels, 1.0, 1, rank, 3, seed=4).epoch(2) for rank in range(3)]
+    assert torch.equal(torch.sort(torch.cat(slices)).values, torch.sort(order).values)
+    again = BalancedRepeats(labels, 1.0, 1, seed=4)
+    assert torch.equal(again.global_order(2), order) and not torch.equal(again.global_order(3), order)
