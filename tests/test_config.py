@@ -153,3 +153,4 @@ def test_finetune_configs_carry_table_10(name):
     assert actual == TABLE_10[name]
     assert (t.weight_decay, t.betas, t.min_lr, t.grad_clip, cfg.model.drop_path) == (1e-5, [0.9, 0.95], 1e-6, None, 0.1)
     assert ft.sampling_size == 200_000 and (ft.mask_time, ft.mask_freq, ft.mask_video) == (0.2, 0.2, 0.2)
+    assert ft.balance_fraction == (0.5 if name == "spc1" else 0.0)  # Table 10's *: SPC's classes repeated
