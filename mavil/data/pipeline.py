@@ -7,8 +7,9 @@ In DALI (CPU pipeline without CUDA; GPU decode and augmentation with it):
 - `fn.readers.webdataset` over the usable clips of every shard (`mavil.data.health` leaves, for each shard
   with a broken clip, a DALI index of its usable clips only: DALI fails a whole batch on one bad sample), split
   per data-parallel rank (`shard_id`, `num_shards`). DALI's epoch semantics: the usable clips form one list;
-  in each epoch every rank reads one contiguous 1/world part of it, the parts rotating across epochs (so together the ranks see every clip exactly
-  once per epoch, disjointly), shuffled within a buffer of `shuffle_buffer` clips seeded by `seed`.
+  in each epoch every rank reads one contiguous 1/world part of it, the parts rotating across epochs (so
+  together the ranks see every clip exactly once per epoch, disjointly), shuffled within a buffer of
+  `shuffle_buffer` clips seeded by `seed`.
   The last batch of a rank is partial, never padded with repeats.
 - video: decode every frame of the clip (stored at 2 fps), take `video_frames` consecutive frames
   from a random start (in evaluation the centre window, or `eval_clips` uniformly spaced windows for
