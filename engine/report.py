@@ -1,6 +1,6 @@
 """One results table from the eval.json files of fine-tuning runs.
 
-    python -m mavil.engine.report RUN_ROOT [--markdown]
+    python -m mavil.engine.report RUN_ROOT          # a Markdown table on stdout
 
 Finds RUN_ROOT/*/eval.json (each written by engine/finetune.py) and prints a row per run: its mode,
 its initialisation (a pre-training export or random) and its scores.

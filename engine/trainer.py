@@ -56,7 +56,19 @@ class Trainer:
         self.last_line: dict = {}
         if rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.warn_of_config_changes()
             (self.run_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+
+    def warn_of_config_changes(self) -> None:
+        """A relaunch that will resume a checkpoint under another config than the run's: say what changed (the run
+        goes on: lengthening train.epochs or train.max_steps is a change users make on purpose)."""
+        saved = self.run_dir / "config.json"
+        if checkpoint.latest_tag(self.run_dir) is None or not saved.is_file():
+            return
+        changes = config_changes(json.loads(saved.read_text()), self.cfg.to_dict())
+        if changes:
+            print(f"warning: resuming {self.run_dir} under a config that differs from the one it was run with: "
+                  f"{'; '.join(changes)}", file=sys.stderr, flush=True)
 
     # what a subclass provides
     @staticmethod
@@ -214,6 +226,18 @@ class Trainer:
             print(f"exported {path}")
         dist.barrier()
         return path
+
+
+def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """'key: old -> new' for every value that differs between two config dicts, nested keys dotted."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key), new.get(key)
+        if isinstance(before, dict) and isinstance(after, dict):
+            changes += config_changes(before, after, f"{prefix}{key}.")
+        elif before != after:
+            changes.append(f"{prefix}{key}: {json.dumps(before)} -> {json.dumps(after)}")
+    return changes
 
 
 def parse_args(argv: list[str] | None, doc: str) -> argparse.Namespace:
