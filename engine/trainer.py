@@ -229,15 +229,23 @@ class Trainer:
 
 
 def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """'key: old -> new' for every value that differs between two config dicts, nested keys dotted."""
+    """'key: old -> new' for every value that differs between two config dicts, nested keys dotted; a key only one
+    side has (a schema that grew since) shows as (absent) on the other."""
     changes = []
     for key in sorted(set(old) | set(new)):
-        before, after = old.get(key), new.get(key)
+        before, after = old.get(key, ABSENT), new.get(key, ABSENT)
         if isinstance(before, dict) and isinstance(after, dict):
             changes += config_changes(before, after, f"{prefix}{key}.")
         elif before != after:
-            changes.append(f"{prefix}{key}: {json.dumps(before)} -> {json.dumps(after)}")
+            changes.append(f"{prefix}{key}: {_shown(before)} -> {_shown(after)}")
     return changes
+
+
+ABSENT = object()
+
+
+def _shown(value) -> str:
+    return "(absent)" if value is ABSENT else json.dumps(value)
 
 
 def parse_args(argv: list[str] | None, doc: str) -> argparse.Namespace:

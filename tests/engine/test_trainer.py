@@ -11,4 +11,4 @@ def test_config_changes_name_each_changed_key_dotted_with_both_values():
     assert config_changes(old, new) == ["data.crop_scale: [0.2, 1.0] -> [0.5, 1.0]", "train.epochs: 10 -> 20"]
     assert config_changes(old, old) == []
     assert config_changes({"deepspeed": {"bf16": {"enabled": False}}}, {"deepspeed": {}}) == \
-        ["deepspeed.bf16: {\"enabled\": false} -> null"]
+        ["deepspeed.bf16: {\"enabled\": false} -> (absent)"]
