@@ -2,9 +2,10 @@
 
 `metrics.jsonl` in the run directory holds, per logging step: step, epoch, lr, skipped_steps (optimizer
 steps skipped so far for a non-finite loss or gradient, see `numerics`), every loss part, samples/s and
-tokens/s (input tokens of both modalities, global over ranks). Only rank 0 writes. Skipped steps add
-nothing to the loss means. A run that resumes first cuts its logs back to the checkpoint's step
-(`rewind`), so a crash leaves neither repeated steps nor a half-written line behind.
+tokens/s (input tokens of both modalities, global over ranks), and, where the model's FLOPs are counted
+(pre-training: `mavil.model.flops`), model_tflops: the achieved model TFLOP/s of all ranks together. Only
+rank 0 writes. Skipped steps add nothing to the loss means. A run that resumes first cuts its logs back to
+the checkpoint's step (`rewind`), so a crash leaves neither repeated steps nor a half-written line behind.
 """
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ import torch.distributed as dist
 
 
 class Metrics:
-    def __init__(self, path: Path, tokens_per_sample: int, device: torch.device):
+    def __init__(self, path: Path, tokens_per_sample: int, device: torch.device, flops_per_sample: float = 0.0):
         self.path, self.tokens_per_sample, self.device = path, tokens_per_sample, device
+        self.flops_per_sample = flops_per_sample  # one training step's model FLOPs per clip (0: not known)
         self._reset()
 
     def _reset(self) -> None:
@@ -42,6 +44,8 @@ class Metrics:
         *sums, micro_steps, samples = totals.tolist()
         line = {**fields, **{n: s / micro_steps for n, s in zip(names, sums)}, "samples_per_s": samples / seconds,
                 "tokens_per_s": samples * self.tokens_per_sample / seconds}
+        if self.flops_per_sample:
+            line["model_tflops"] = samples * self.flops_per_sample / seconds / 1e12
         self._append(line)
         self._reset()
         return line

@@ -24,6 +24,7 @@ import torch
 
 from ..data.pipeline import Loader, LoaderSpec
 from ..model import build_model, load_teacher
+from ..model.flops import step_flops
 from .launch import checked_health, dataset_root
 from .optim import param_groups
 from .preflight import check_pretraining
@@ -37,6 +38,7 @@ class Pretrainer(Trainer):
         self.root = dataset_root(cfg.data)
         self.health = checked_health(self.root, cfg.data)  # only usable clips are read; refused above the ceiling
         self.tokens_per_sample = cfg.model.audio_tokens + cfg.model.video_tokens
+        self.flops_per_sample = step_flops(cfg.model, cfg.train.micro_batch)["step_per_sample"]  # teacher: same encoders
         super().__init__(cfg, rank, world, device)
 
     def build_model(self) -> torch.nn.Module:

@@ -40,6 +40,7 @@ from .schedule import lr_at, set_lr
 
 class Trainer:
     tokens_per_sample = 0  # for tokens/s in the metrics; subclasses set it
+    flops_per_sample = 0.0  # one training step's model FLOPs per clip, for model TFLOP/s; 0: not counted
     health = None  # the training set's DataHealth (mavil.data.health); subclasses set it, the loop reports its counts
 
     def __init__(self, cfg: Config, rank: int, world: int, device: torch.device):
@@ -50,7 +51,7 @@ class Trainer:
         checkpoint.seed_rng(cfg.train.seed * 1000 + rank)  # masks and mixing differ per rank
         self.engine = self._deepspeed(model)
         self.accumulation = self.engine.gradient_accumulation_steps()
-        self.metrics = Metrics(self.run_dir / "metrics.jsonl", self.tokens_per_sample, device)
+        self.metrics = Metrics(self.run_dir / "metrics.jsonl", self.tokens_per_sample, device, self.flops_per_sample)
         self.guard = StepGuard(cfg.train.max_bad_steps, self.metrics, rank)
         self.checkpoint_owed = False  # a checkpoint fell due at a skipped step
         self.last_line: dict = {}

@@ -12,8 +12,9 @@ import torch
 
 from mavil.engine.pretrain import fingerprint
 from mavil.model import load_teacher, read_weights
+from mavil.model.flops import step_flops
 
-from ..conftest import REPO
+from ..conftest import REPO, tiny_config
 from .launcher import launch, metrics
 
 
@@ -34,6 +35,8 @@ def test_stage1_two_ranks_train_on_disjoint_data_and_the_loss_falls(stage1):
     assert [line["step"] for line in lines] == list(range(1, 9))
     first, last = sum(l["loss"] for l in lines[:2]) / 2, sum(l["loss"] for l in lines[-2:]) / 2
     assert last < first, [l["loss"] for l in lines]
+    per_clip = step_flops(tiny_config().model, 8)["step_per_sample"]  # model TFLOP/s from the exact count
+    assert all(l["model_tflops"] == pytest.approx(l["samples_per_s"] * per_clip / 1e12, rel=1e-9) for l in lines)
     keys = {rank: [json.loads(l) for l in (stage1 / f"keys-rank{rank}.jsonl").read_text().splitlines()] for rank in (0, 1)}
     for epoch in (0, 1):
         seen = [set(k for rec in keys[rank] if rec["epoch"] == epoch for k in rec["keys"]) for rank in (0, 1)]
