@@ -25,6 +25,7 @@ from typing import Any, Optional
 
 FUSIONS = ("vanilla", "mbt")
 ATTENTION_BACKENDS = ("auto", "xformers", "sdpa", "math")
+DEVICES = ("cuda", "cpu")
 DEEPSPEED_BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
 
 
@@ -76,6 +77,7 @@ class ModelConfig:
     tau_intra: float = 1.0
     contrastive_symmetric: bool = False  # Eq. 2 is one-directional; True averages both directions
     global_negatives: bool = False  # contrast against the embeddings of every data-parallel rank, not the local batch
+    grad_checkpointing: bool = False  # recompute each transformer block in backward: less memory, more compute
 
     @property
     def audio_tokens(self) -> int:
@@ -188,6 +190,8 @@ class TrainConfig:
     max_steps: Optional[int] = None  # stop after this many optimizer steps (tests, benchmarks)
     max_bad_steps: int = 10  # optimizer steps in a row skipped for a non-finite loss or gradient before the run stops
     record_keys: bool = False  # append each rank's clip keys per epoch to keys-rank<r>.jsonl (audits of the data order)
+    device: str = "cuda"  # "cuda": one GPU per rank, refused where torch sees none; "cpu": train on the CPU (demo, tests)
+    compile: bool = False  # wrap the model in torch.compile (off until measured on a GPU)
 
     @property
     def lr(self) -> float:
@@ -214,6 +218,7 @@ class TrainConfig:
         if self.max_steps is not None:
             check.positive("max_steps", self.max_steps)
         check.positive("max_bad_steps", self.max_bad_steps)
+        check.choice("device", self.device, DEVICES)
 
 
 FINETUNE_MODES = ("audio", "video", "audio+video", "retrieval")
