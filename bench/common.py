@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
+import re
 import statistics
 import subprocess
 import time
@@ -11,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# MAVIL_BENCH_RESULTS: another folder (the GPU check's dry run writes there, leaving the committed results alone)
+RESULTS = Path(os.environ.get("MAVIL_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def synchronize(device: torch.device) -> None:
@@ -59,6 +62,16 @@ def device_name(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} CPU ({torch.get_num_threads()} threads)"
 
 
+def slug(name: str) -> str:
+    """'NVIDIA H200' -> 'nvidia-h200'."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def device_suffix(device: torch.device) -> str:
+    """What result files of `device` are named with: 'cpu', or the GPU's model ('nvidia-h200')."""
+    return slug(torch.cuda.get_device_name(device)) if device.type == "cuda" else "cpu"
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
@@ -67,12 +80,12 @@ def git_commit() -> str:
 
 
 def write_result(name: str, device: torch.device, payload: dict) -> Path:
-    """bench/results/<name>-<cpu|cuda>.json with the device, versions, commit and time beside `payload`."""
+    """bench/results/<name>-<cpu|gpu model>.json with the device, versions, commit and time beside `payload`."""
     import triton
 
     record = {"device": device_name(device), "torch": torch.__version__, "triton": triton.__version__,
               "commit": git_commit(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), **payload}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}-{device.type}.json"
+    path = RESULTS / f"{name}-{device_suffix(device)}.json"
     path.write_text(json.dumps(record, indent=1) + "\n")
     return path
