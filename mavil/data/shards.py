@@ -12,7 +12,9 @@ Per clip, tar members sharing the clip's key:
                  padded with spaces to META_BYTES so that batches of it have one shape
 
 manifest.json: {"version", "clips", "shards": [{"tar", "index", "clips"}], "label_names", "encoding",
-                "skipped": [{"source", "reason"}]}
+                "skipped": [{"source", "reason"}]}, and from `prepare` also "label_ids" (AudioSet mids), "missing"
+                (downloads not there), "merged" (sources listed more than once). A shard's tar and index are paths
+                relative to the directory: a merge of `prepare --part` runs names them part-K-of-N/shard-....
 """
 from __future__ import annotations
 
@@ -41,10 +43,12 @@ def decode_meta(raw: bytes) -> dict:
 class ShardWriter:
     """Appends clips to numbered tar shards of `clips_per_shard` clips, each with its DALI index beside it."""
 
-    def __init__(self, out_dir: str | Path, clips_per_shard: int = 256):
+    def __init__(self, out_dir: str | Path, clips_per_shard: int = 256, first: int = 0):
+        """first: the number of the first shard (a resumed run continues the numbering)."""
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.clips_per_shard = clips_per_shard
+        self.first = first
         self.shards: list[dict] = []
         self._tar: tarfile.TarFile | None = None
         self._index_lines: list[str] = []
@@ -75,7 +79,7 @@ class ShardWriter:
 
     def _open_next(self) -> None:
         self._finish_shard()
-        name = f"shard-{len(self.shards):06d}"
+        name = f"shard-{self.first + len(self.shards):06d}"
         self.shards.append({"tar": f"{name}.tar", "index": f"{name}.idx", "clips": 0})
         self._tar = tarfile.open(self.out_dir / f"{name}.tar", "w", format=tarfile.USTAR_FORMAT)
 
@@ -85,6 +89,18 @@ class ShardWriter:
         self._tar.close()
         (self.out_dir / self.shards[-1]["index"]).write_text(index_text(self._index_lines))
         self._tar, self._index_lines = None, []
+
+    @property
+    def full(self) -> bool:
+        """Whether the open shard holds clips_per_shard clips."""
+        return self._tar is not None and self.shards[-1]["clips"] == self.clips_per_shard
+
+    def finish_shard(self) -> dict | None:
+        """Closes the open shard (tar and index complete on disk) and returns its entry; None when none is open."""
+        if self._tar is None:
+            return None
+        self._finish_shard()
+        return self.shards[-1]
 
     def close(self) -> list[dict]:
         self._finish_shard()
@@ -109,9 +125,10 @@ def index_members(line: str) -> dict[str, tuple[int, int, str]]:
 
 
 def write_manifest(out_dir: str | Path, shards: list[dict], label_names: list[str], encoding: dict,
-                   skipped: list[dict]) -> Path:
+                   skipped: list[dict], **extra) -> Path:
+    """extra: further top-level fields (prepare's label_ids, missing, merged duplicates, part)."""
     manifest = {"version": FORMAT_VERSION, "clips": sum(s["clips"] for s in shards), "shards": shards,
-                "label_names": label_names, "encoding": encoding, "skipped": skipped}
+                "label_names": label_names, "encoding": encoding, "skipped": skipped, **extra}
     path = Path(out_dir) / MANIFEST
     path.write_text(json.dumps(manifest, indent=1) + "\n")
     return path
