@@ -30,6 +30,7 @@ DIR/part-K-of-N; `merge DIR` then writes DIR/manifest.json over all parts.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import re
@@ -59,7 +60,7 @@ IN_FLIGHT_PER_WORKER = 4  # clips submitted ahead of the one the writer waits fo
 END_TOLERANCE = 0.05  # s: an output time this close to the stream's end makes no frame
 TIME_EPSILON = 1e-6  # s: timestamps this close count as equal
 FULL_VIDEO_SLACK = 0.5  # s: see is_full_video
-STATE, PROGRESS, MISSING = "prepare-state.json", "prepare-progress.jsonl", "missing.txt"
+STATE, PROGRESS, MISSING, LOCK = "prepare-state.json", "prepare-progress.jsonl", "missing.txt", ".prepare.lock"
 STATE_VERSION = 1
 WARNINGS = 20  # warning lines printed before "... and N more"
 PROG = "python -m mavil.data.prepare"
@@ -394,9 +395,7 @@ def open_state(target: Path, settings: dict) -> list[dict]:
     """The progress records of an earlier run of these settings in `target` (none for a new directory); refuses a
     directory of something else or of other settings, naming the first setting that differs."""
     state = target / STATE
-    if target.exists() and not target.is_dir():
-        raise PrepareError(f"{target}: exists and is not a directory; give a directory for --out")
-    if target.is_dir() and any(target.iterdir()):
+    if any(path.name not in (LOCK, f".{STATE}.tmp") for path in target.iterdir()):
         if not state.is_file():
             raise PrepareError(f"{target}: not empty and not made by prepare; give a new directory")
         recorded = read_json(state).get("settings", {})
@@ -406,9 +405,23 @@ def open_state(target: Path, settings: dict) -> list[dict]:
                                f", this run has {describe(name, settings.get(name))}; rerun with the first settings to "
                                f"resume, or give a new --out")
         return read_progress(target)
-    target.mkdir(parents=True, exist_ok=True)
     write_atomic(state, json.dumps({"settings": settings}, indent=1) + "\n")
     return []
+
+
+def lock(target: Path):
+    """Makes `target` and holds an exclusive lock on it for this process's life (returns the open lock file);
+    refuses a directory another prepare is writing."""
+    if target.exists() and not target.is_dir():
+        raise PrepareError(f"{target}: exists and is not a directory; give a directory for --out")
+    target.mkdir(parents=True, exist_ok=True)
+    handle = open(target / LOCK, "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise PrepareError(f"{target}: another prepare is writing it (two runs of one --part?)") from None
+    return handle
 
 
 def read_progress(target: Path) -> list[dict]:
@@ -481,19 +494,20 @@ def prepare(src: str | Path, out: str | Path, clips_per_shard: int = 256, worker
                 "sources": {"count": len(listing.sources), "sha256": listing.fingerprint()},
                 "clips_per_shard": clips_per_shard, "max_duration": float(max_duration),
                 "part": None if part is None else f"{part[0]}/{part[1]}", "encoding": ENCODING}
-    records = open_state(target, settings)
-    shards = [r["shard"] for r in records if r["shard"]]
-    skipped = [entry for r in records for entry in r["skipped"]]
-    missing = [name for r in records for name in r["missing"]]
-    consumed = records[-1]["consumed"] if records else 0
-    remove_unrecorded_shards(target, shards)
-    if consumed < len(sources) or not records:
-        shards += write_shards(target, sources, consumed, len(shards), clips_per_shard, workers, max_duration,
-                               progress, skipped, missing)
-    if missing:
-        (target / MISSING).write_text("".join(f"{name}\n" for name in missing))
-    write_manifest(target, shards, listing.label_names, ENCODING, skipped, **manifest_extra(listing, missing, part))
-    return Summary(sum(s["clips"] for s in shards), len(shards), skipped, missing, target)
+    with lock(target):  # held until the manifest is written
+        records = open_state(target, settings)
+        shards = [r["shard"] for r in records if r["shard"]]
+        skipped = [entry for r in records for entry in r["skipped"]]
+        missing = [name for r in records for name in r["missing"]]
+        consumed = records[-1]["consumed"] if records else 0
+        remove_unrecorded_shards(target, shards)
+        if consumed < len(sources) or not records:
+            shards += write_shards(target, sources, consumed, len(shards), clips_per_shard, workers, max_duration,
+                                   progress, skipped, missing)
+        if missing:
+            (target / MISSING).write_text("".join(f"{name}\n" for name in missing))
+        write_manifest(target, shards, listing.label_names, ENCODING, skipped, **manifest_extra(listing, missing, part))
+        return Summary(sum(s["clips"] for s in shards), len(shards), skipped, missing, target)
 
 
 def manifest_extra(listing: SourceList, missing: list[str], part: tuple[int, int] | None) -> dict:
