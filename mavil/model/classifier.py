@@ -15,7 +15,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .mavil import audio_encoder, video_encoder
-from .vit import LayerNorm, Transformer, init_weights
+from .vit import LayerNorm, Transformer, init_weights, set_grad_checkpointing
 from .weights import read_weights
 
 ENCODER_PREFIX = "backbone."
@@ -43,6 +43,7 @@ class Classifier(nn.Module):
         self.apply(init_weights)
         if self.head is not None:
             nn.init.trunc_normal_(self.head.weight, std=2e-5)  # MAE's fine-tuning head
+        set_grad_checkpointing(self, cfg.grad_checkpointing)
 
     def encode(self, encoder: nn.Module, x: torch.Tensor, ids_keep: torch.Tensor | None) -> torch.Tensor:
         """(B, C, *size) -> (B, K, dim) patch tokens ([CLS] dropped)."""

@@ -23,7 +23,7 @@ from .encoder import ModalityDecoder, ModalityEncoder
 from .fusion import BottleneckFusion, VanillaFusion
 from .masking import Masking, random_masking
 from .patch import patchify
-from .vit import init_weights
+from .vit import init_weights, set_grad_checkpointing
 
 AUDIO_CHANNELS, VIDEO_CHANNELS = 1, 3
 
@@ -99,6 +99,7 @@ class MAViL(nn.Module):
                                              out_dim=v_out, **dec)
         self.audio_decoder.apply(init_weights)
         self.video_decoder.apply(init_weights)
+        set_grad_checkpointing(self, cfg.grad_checkpointing)  # every block: encoders, fusion, decoders
         if teacher is not None:
             self._check_teacher(teacher)
             teacher.requires_grad_(False).eval()
@@ -131,8 +132,8 @@ class MAViL(nn.Module):
         a_tokens, v_tokens = self.backbone.embed(audio, video)
         a_mask, v_mask = self._draw_masks(a_tokens, v_tokens)
         a_um, v_um = self.backbone.encode(a_tokens, v_tokens, a_mask.ids_keep, v_mask.ids_keep)
-        parts = self._reconstruction(audio, video, a_um, v_um, a_mask, v_mask)
-        parts.update(self._contrastive(a_tokens, v_tokens, a_um, v_um, a_mask, v_mask))
+        parts = {**self._reconstruction(audio, video, a_um, v_um, a_mask, v_mask),
+                 **self._contrastive(a_tokens, v_tokens, a_um, v_um, a_mask, v_mask)}  # a new dict: no mutation traced
         weights = {"loss_inter": self.cfg.alpha, "loss_intra": self.cfg.beta}
         loss = sum(weights.get(name, 1.0) * value for name, value in parts.items())
         return {"loss": loss, **parts}
