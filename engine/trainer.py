@@ -31,6 +31,7 @@ from tqdm import tqdm
 from ..config import Config, ConfigError, config_parser, deepspeed_config, load_config
 from ..deps import MissingDependency
 from ..model import save_weights
+from ..model.vit import resolve_attention
 from . import checkpoint, inject
 from .launch import init_distributed, launched_world_size
 from .metrics import Metrics, rewind
@@ -107,6 +108,9 @@ class Trainer:
         check_deepspeed(ds_config, self.cfg.source)  # DeepSpeed must skip a step with non-finite gradients
         optimizer = torch.optim.AdamW(self.param_groups(model), lr=0.0, betas=tuple(self.cfg.train.betas))
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+        if self.cfg.train.compile:  # in place (nn.Module.compile): state_dict keys and checkpoints stay as they are
+            resolve_attention(engine.module, self.device, torch.bfloat16 if engine.bfloat16_enabled() else torch.float32)
+            engine.compile()  # the accelerator's backend (inductor); the attention backends resolved first, eagerly
         return engine
 
     @property
