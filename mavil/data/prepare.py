@@ -59,7 +59,7 @@ MAX_EXIT_STATUS = 100
 IN_FLIGHT_PER_WORKER = 4  # clips submitted ahead of the one the writer waits for
 END_TOLERANCE = 0.05  # s: an output time this close to the stream's end makes no frame
 TIME_EPSILON = 1e-6  # s: timestamps this close count as equal
-FULL_VIDEO_SLACK = 0.5  # s: see is_full_video
+FULL_VIDEO_SLACK, CUT_SLACK = 0.5, 1.0  # s: see is_full_video
 STATE, PROGRESS, MISSING, LOCK = "prepare-state.json", "prepare-progress.jsonl", "missing.txt", ".prepare.lock"
 STATE_VERSION = 1
 WARNINGS = 20  # warning lines printed before "... and N more"
@@ -211,9 +211,12 @@ def stream_end(stream: av.video.stream.VideoStream, last_frame: float) -> float:
 
 def is_full_video(file_seconds: float | None, segment: tuple[float, float]) -> bool:
     """Whether a download of `file_seconds` holds the whole video (to be cut to the segment), rather than the
-    segment already cut: it lasts at least end - min(0.5 s, start / 2). Unknown durations count as whole videos."""
+    segment already cut: it lasts at least end - min(0.5 s, start / 2), or more than the segment and 1 s (longer
+    than a cut could be). Unknown durations count as whole videos."""
     start, end = segment
-    return file_seconds is None or file_seconds >= end - min(FULL_VIDEO_SLACK, start / 2)
+    if file_seconds is None:
+        return True
+    return file_seconds >= end - min(FULL_VIDEO_SLACK, start / 2) or file_seconds > end - start + CUT_SLACK
 
 
 def decode_clip(path: Path, max_duration: float, segment: tuple[float, float] | None = None

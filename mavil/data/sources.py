@@ -18,9 +18,9 @@ Rules every format keeps (a broken rule is a `SourceError`, one line naming the 
     (AudioSet's mids are ids, compared exactly)
   - a file (or segment) listed more than once becomes one clip with the union of its rows' labels, and a warning
   - a download that is not there is not an error: the source has no path and is listed as missing
-  - a download lasting at least end - min(0.5 s, start / 2) is the full video and is cut to [start, end); a
-    shorter one is the segment already cut, and its first end - start seconds are used (decided per file, when it
-    is decoded)
+  - a download lasting at least end - min(0.5 s, start / 2), or more than end - start + 1 s, is the full video and
+    is cut to [start, end); a shorter one is the segment already cut, and its first end - start seconds are used
+    (decided per file when it is decoded, from the container's duration)
 """
 from __future__ import annotations
 

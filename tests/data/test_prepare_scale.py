@@ -109,9 +109,37 @@ def test_no_download_at_all_is_refused(audioset, tmp_path, capsys):
 
 def test_the_full_or_cut_rule():
     assert prepare.is_full_video(40.0, (30.0, 40.0)) and prepare.is_full_video(39.6, (30.0, 40.0))
-    assert not prepare.is_full_video(10.0, (30.0, 40.0)) and not prepare.is_full_video(39.4, (30.0, 40.0))
+    assert not prepare.is_full_video(10.0, (30.0, 40.0)) and not prepare.is_full_video(10.9, (30.0, 40.0))
     assert prepare.is_full_video(10.15, (0.2, 10.2)) and not prepare.is_full_video(10.0, (0.2, 10.2))
+    assert prepare.is_full_video(35.0, (30.0, 40.0))  # a video that ends inside its segment: longer than a cut
     assert prepare.is_full_video(None, (5.0, 15.0))
+
+
+def test_a_cut_keeps_sound_and_picture_together(tmp_path):
+    """Second s of the input is grey 40 s with a (300 + 100 s)-Hz tone; the cut [2.5, 4.5) must show and sound
+    seconds 2, 3, 3, 4 in its half seconds."""
+    path, rate = tmp_path / "steps.mp4", 44100
+    with av.open(str(path), "w", format="mp4") as container:
+        video = container.add_stream("libx264", rate=10)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = container.add_stream("aac", rate=rate, layout="mono")
+        for i in range(60):
+            grey = np.full((48, 64, 3), 40 * (i // 10), np.uint8)
+            container.mux(video.encode(av.VideoFrame.from_ndarray(grey, format="rgb24")))
+        container.mux(video.encode())
+        t = np.arange(6 * rate) / rate
+        tone = (0.5 * np.sin(2 * np.pi * (300 + 100 * np.floor(t)) * t)).astype(np.float32)
+        for start in range(0, len(tone), 1024):
+            frame = av.AudioFrame.from_ndarray(tone[None, start:start + 1024], format="flt", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = rate, start, Fraction(1, rate)
+            container.mux(audio.encode(frame))
+        container.mux(audio.encode())
+    frames, waveform, duration = prepare.decode_clip(path, 600.0, (2.5, 4.5))
+    assert duration == pytest.approx(2.0) and len(waveform) == 2 * SAMPLE_RATE
+    assert frame_levels(frames) == pytest.approx([80, 120, 120, 160], abs=3)
+    half = SAMPLE_RATE // 2
+    peaks = [np.argmax(np.abs(np.fft.rfft(waveform[k * half:(k + 1) * half]))) * 2 for k in range(4)]
+    assert peaks == [500, 600, 600, 700]
 
 
 # phone video
