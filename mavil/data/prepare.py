@@ -388,10 +388,11 @@ def differing_setting(recorded: dict, settings: dict) -> str | None:
 
 
 def describe(name: str, value) -> str:
-    if name == "sources":
-        return f"{value['count']} sources (sha256 {value['sha256'][:12]})" if isinstance(value, dict) else str(value)
-    return "none" if value is None else json.dumps(value) if isinstance(value, dict) else f"{value:g}" \
-        if isinstance(value, float) else str(value)
+    if name == "sources" and isinstance(value, dict):
+        return f"{value['count']} sources (sha256 {value['sha256'][:12]})"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "none" if value is None else json.dumps(value) if isinstance(value, dict) else str(value)
 
 
 def open_state(target: Path, settings: dict) -> list[dict]:
@@ -407,7 +408,9 @@ def open_state(target: Path, settings: dict) -> list[dict]:
             raise PrepareError(f"{target}: was prepared with {SETTING_NAMES[name]} {describe(name, recorded.get(name))}"
                                f", this run has {describe(name, settings.get(name))}; rerun with the first settings to "
                                f"resume, or give a new --out")
-        return read_progress(target)
+        records = read_progress(target)  # rewritten without a line a crash cut short, so that appends follow
+        write_atomic(target / PROGRESS, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
+        return records
     write_atomic(state, json.dumps({"settings": settings}, indent=1) + "\n")
     return []
 

@@ -326,3 +326,15 @@ def test_two_runs_into_one_directory_are_refused(labeled, tmp_path, capsys):
     with prepare.lock(tmp_path / "out"):
         assert prepare.main([str(labeled), "--out", str(tmp_path / "out"), "--workers", "1"]) == 2
     assert capsys.readouterr().err.strip().endswith("out: another prepare is writing it (two runs of one --part?)")
+
+
+def test_a_progress_line_cut_short_by_a_crash_is_dropped_and_its_shard_redone(labeled, whole, tmp_path):
+    out = tmp_path / "out"
+    args = [str(labeled), "--out", str(out), "--clips-per-shard", "2", "--workers", "1"]
+    assert prepare.main(args) == 1
+    lines = (out / prepare.PROGRESS).read_text().splitlines()
+    (out / prepare.PROGRESS).write_text("\n".join(lines[:2]) + "\n" + lines[2][:25])  # a crash while appending
+    (out / "manifest.json").unlink()
+    assert prepare.main(args) == 1
+    assert contents(out) == contents(whole)
+    assert (out / prepare.PROGRESS).read_text().splitlines() == lines
