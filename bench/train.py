@@ -2,7 +2,7 @@
 
     python -m bench.train --config configs/stage1.json [--stages 1,2] [--batch B] [--steps N] [--warmup W]
                           [--repeats R] [--modes model,end_to_end] [--sweep 1,2,4,8] [--profile] [--root DIR]
-                          [--workers N] [--fresh] [section.key=value ...]
+                          [--workers N] [--compile] [--grad-checkpointing] [--fresh] [section.key=value ...]
     python bench/train.py ...                                     # the same, as a script from the repository root
 
 The step is forward, backward and optimizer step: torch AdamW with the engine's parameter groups
@@ -20,13 +20,20 @@ on both paths, the engine's then the reference:
 - reference: MAVIL_KERNELS=reference, attention "math", the reference loader (PyAV, torchaudio, DataLoader).
 Timed after --warmup steps, the device synchronised after each step (the engine reads each step's losses);
 with --repeats R the paths alternate R times and each reports its fastest round (for shared machines).
+Variants of the engine path, measured in the same run beside it when asked:
+- --compile: "compiled", the model under torch.compile in place (inductor, as train.compile=true runs it;
+  compilation happens in the first warmup step, reported as first_step_s, never timed): compiled / eager;
+- --grad-checkpointing: "checkpointed", model.grad_checkpointing=true: its activation and peak memory and its
+  speed against the engine path's.
 
 Reported per path: samples/s, tokens/s (input tokens of both modalities, as the engine logs them), model
 TFLOP/s from the exact count (mavil.model.flops: 3 x forward, the teacher 1 x), MFU against the dense
 matmul rate measured in this run (a large matmul in the training dtype), peak memory (CUDA:
 max_memory_allocated from the model's construction on; CPU: growth of the resident set, sampled from
 /proc, over the same span), and the engine / reference speed-up; end to end also as a fraction of the
-model-only rate of the same run. --profile prints the top operators of one model-only step per path.
+model-only rate of the same run; model only also activation memory, on any device: the bytes of the distinct
+storages autograd keeps for backward at the end of one forward (saved-tensor hooks, parameters excluded), what
+activation checkpointing lowers. --profile prints the top operators of one model-only step per path.
 
 Results: bench/results/train-<cpu|cuda>.json, .md (the table) and train-sweep-<cpu|cuda>.png (stage-1
 samples/s against per-device batch, model only, from --sweep). Records of earlier runs on the same device
@@ -62,16 +69,20 @@ from mavil.data.synthetic import ensure_synthetic
 from mavil.engine.optim import param_groups
 from mavil.model import MAViL, Backbone
 from mavil.model.attention import resolve_backend
+from mavil.model.vit import resolve_attention
 from mavil.model.flops import step_flops
 
 from .common import RESULTS, device_name, git_commit, median_seconds, synchronize, write_result
 from .kernels import kernels_mode
 from .train_report import merge, read_previous, write_markdown, write_plot
 
-PATHS = {  # what each path runs: MAVIL_KERNELS, attention (None: the config's), loader
+PATHS = {  # what each path runs: MAVIL_KERNELS, attention (None: the config's), loader; the engine path's variants
     "engine": {"kernels": "auto", "attention": None, "loader": "dali"},
     "reference": {"kernels": "reference", "attention": "math", "loader": "reference"},
+    "compiled": {"kernels": "auto", "attention": None, "loader": "dali", "compile": True},  # --compile
+    "checkpointed": {"kernels": "auto", "attention": None, "loader": "dali", "grad_checkpointing": True},
 }
+BASE_PATHS = ("engine", "reference")
 CPU_NOTE = ("CPU: the engine path runs the kernels' PyTorch references too (MAVIL_KERNELS=auto dispatches Triton only "
             "for CUDA tensors) and sdpa attention, so engine / reference shows mostly sdpa against math attention and, "
             "end to end, DALI's CPU pipeline against the reference loader; fp32, no GPU measured here. A shared "
@@ -80,9 +91,9 @@ CUDA_NOTE = ("CUDA: the engine path runs the Triton kernels, the config's attent
              "reference path the PyTorch references, math attention and the reference loader; both in bf16.")
 
 
-def model_for(cfg: ModelConfig, stage: int, attention: str) -> MAViL:
+def model_for(cfg: ModelConfig, stage: int, attention: str, grad_checkpointing: bool = False) -> MAViL:
     """A stage-1 model, or a stage-2 student with a random stage-1 backbone as its frozen teacher; seeded."""
-    cfg = dataclasses.replace(cfg, stage=1, teacher=None, attention=attention)
+    cfg = dataclasses.replace(cfg, stage=1, teacher=None, attention=attention, grad_checkpointing=grad_checkpointing)
     torch.manual_seed(0)
     if stage == 1:
         return MAViL(cfg)
@@ -122,18 +133,41 @@ def loader_batches(kind: str, cfg: Config, root: Path, batch: int, workers: int,
                 yield clips["audio"].to(device, dtype), clips["video"].to(device, dtype)
 
 
-def time_steps(step, batches, warmup: int, steps: int, device) -> list[float]:
-    """Seconds of each of `steps` steps after `warmup`, getting the batch included."""
-    for _ in range(warmup):
+def time_steps(step, batches, warmup: int, steps: int, device) -> tuple[float | None, list[float]]:
+    """-> (seconds of the first warmup step: torch.compile's compilation, if any; seconds of each of `steps`
+    steps after `warmup`), getting the batch included."""
+    first = None
+    for index in range(warmup):
+        start = time.perf_counter()
         step(*next(batches))
-    synchronize(device)
+        synchronize(device)
+        first = time.perf_counter() - start if index == 0 else first
     seconds = []
     for _ in range(steps):
         start = time.perf_counter()
         step(*next(batches))
         synchronize(device)
         seconds.append(time.perf_counter() - start)
-    return seconds
+    return first, seconds
+
+
+def activation_bytes(model: torch.nn.Module, audio: torch.Tensor, video: torch.Tensor) -> int:
+    """Activation memory of one training forward, on any device: the bytes of the distinct storages autograd keeps
+    for backward when the forward ends (gathered by saved-tensor hooks; parameters and buffers excluded). With
+    activation checkpointing that is each checkpointed block's input instead of everything inside it."""
+    weights = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    kept: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights and tensor.device.type != "meta":
+            kept[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = model(audio, video)["loss"]
+    del loss
+    return sum(kept.values())
 
 
 def resident_bytes() -> int | None:
@@ -213,20 +247,27 @@ class Run:
     repeats: int = 1
     root: Path | None = None
     profile: bool = False
+    paths: tuple[str, ...] = BASE_PATHS  # and "compiled" (--compile), "checkpointed" (--grad-checkpointing)
 
 
 def measure(run: Run, stage: int, mode: str, path: str, batch: int, profile: bool = False) -> dict:
-    """One path's step, timed: its settings, per-step seconds, samples/s and peak memory."""
+    """One path's step, timed: its settings, per-step seconds, samples/s, peak and activation memory."""
     setting = PATHS[path]
     attention = setting["attention"] or run.cfg.model.attention
+    compiled, checkpointed = setting.get("compile", False), setting.get("grad_checkpointing", False)
     with kernels_mode(setting["kernels"]), PeakMemory(run.device) as memory:
-        model = model_for(run.cfg.model, stage, attention).to(run.device, run.dtype)
+        model = model_for(run.cfg.model, stage, attention, checkpointed).to(run.device, run.dtype)
+        if compiled:  # in place, as the engine does (train.compile); attention resolved before the trace
+            resolve_attention(model, run.device, run.dtype)
+            model.compile()
         step = training_step(model, run.cfg)
         batches = (random_batches(run.cfg.model, batch, run.device, run.dtype) if mode == "model" else
                    loader_batches(setting["loader"], run.cfg, run.root, batch, run.workers, run.device, run.dtype))
-        seconds = time_steps(step, batches, run.warmup, run.steps, run.device)
+        warmup = max(run.warmup, 1) if compiled else run.warmup  # compilation is never timed
+        first_s, seconds = time_steps(step, batches, warmup, run.steps, run.device)
     with kernels_mode(setting["kernels"]):
         table = profile_step(step, next(batches), run.device) if profile else None
+        activations = activation_bytes(model, *next(batches)) if mode == "model" else None
     batches.close()
     del model, step, batches
     release_memory(run.device)
@@ -235,18 +276,20 @@ def measure(run: Run, stage: int, mode: str, path: str, batch: int, profile: boo
               "attention": resolve_backend(attention, run.device.type, run.dtype, head_dim),
               "loader": setting["loader"] if mode == "end_to_end" else None, "step_s": seconds,
               "step_median_s": statistics.median(seconds), "samples_per_s": batch * len(seconds) / sum(seconds),
-              "peak_memory_MiB": memory.mib}
+              "first_step_s": first_s, "peak_memory_MiB": memory.mib,
+              "activation_MiB": None if activations is None else activations / 2**20,
+              "compiled": compiled, "grad_checkpointing": checkpointed}
     if table:
         print(f"--- stage {stage}, {path} path: top operators of one step\n{table}", flush=True)
     return result
 
 
-def fastest_rounds(run: Run, stage: int, mode: str, batch: int) -> dict[str, dict]:
-    """Each path's fastest of run.repeats rounds, the paths alternating (other load on the machine only slows a
-    round down); every round's samples/s kept beside it."""
-    rounds: dict[str, list[dict]] = {path: [] for path in PATHS}
+def fastest_rounds(run: Run, stage: int, mode: str, batch: int, paths: tuple[str, ...] | None = None) -> dict[str, dict]:
+    """Each path's (default: run.paths) fastest of run.repeats rounds, the paths alternating (other load on the
+    machine only slows a round down); every round's samples/s kept beside it."""
+    rounds: dict[str, list[dict]] = {path: [] for path in paths or run.paths}
     for index in range(run.repeats):
-        for path in PATHS:
+        for path in rounds:
             profile = run.profile and mode == "model" and index == 0
             rounds[path].append(measure(run, stage, mode, path, batch, profile))
     return {path: {**max(results, key=lambda r: r["samples_per_s"]),
@@ -272,9 +315,20 @@ def record(run: Run, source: str, stage: int, mode: str, batch: int, matmul_tflo
              "repeats": run.repeats, "dtype": str(run.dtype).removeprefix("torch."), "device": device_name(run.device),
              "flops_per_step": flops["step"], "tokens_per_sample": tokens, "matmul_tflops": matmul_tflops,
              "paths": paths, "speedup": paths["engine"]["samples_per_s"] / paths["reference"]["samples_per_s"]}
+    if "compiled" in paths:  # compiled / eager, the same engine path otherwise
+        entry["compiled_speedup"] = paths["compiled"]["samples_per_s"] / paths["engine"]["samples_per_s"]
+    if "checkpointed" in paths:  # with / without activation checkpointing
+        entry["checkpointing"] = {"speed": paths["checkpointed"]["samples_per_s"] / paths["engine"]["samples_per_s"],
+                                  **{key: _ratio(paths["checkpointed"][key], paths["engine"][key])
+                                     for key in ("activation_MiB", "peak_memory_MiB")}}
     if model_only:
-        entry["of_model_only"] = {p: paths[p]["samples_per_s"] / model_only["paths"][p]["samples_per_s"] for p in PATHS}
+        entry["of_model_only"] = {p: paths[p]["samples_per_s"] / model_only["paths"][p]["samples_per_s"]
+                                  for p in paths if p in model_only["paths"]}
     return entry
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return None if numerator is None or not denominator else numerator / denominator
 
 
 def matmul_tflops(device: torch.device, dtype: torch.dtype, repeats: int = 10) -> float:
@@ -295,18 +349,33 @@ def format_record(entry: dict) -> str:
     if "of_model_only" in entry:
         share = entry["of_model_only"]
         text += f"; of model only: engine {share['engine']:.0%}, reference {share['reference']:.0%}"
+    if "compiled_speedup" in entry:
+        comp = entry["paths"]["compiled"]
+        text += (f"\n  torch.compile: compiled {comp['samples_per_s']:.2f} samples/s (first step, compiling: "
+                 f"{comp['first_step_s']:.1f} s): compiled / eager x{entry['compiled_speedup']:.2f}")
+    if "checkpointing" in entry:
+        ckpt, ratios = entry["paths"]["checkpointed"], entry["checkpointing"]
+        text += (f"\n  activation checkpointing: {ckpt['samples_per_s']:.2f} samples/s (x{ratios['speed']:.2f}), "
+                 f"activations {_mib(eng['activation_MiB'], '')} -> {_mib(ckpt['activation_MiB'], '')}"
+                 f"{_times(ratios['activation_MiB'])}, peak {_mib(eng['peak_memory_MiB'], '')} -> "
+                 f"{_mib(ckpt['peak_memory_MiB'], '')}{_times(ratios['peak_memory_MiB'])}")
     return text
 
 
-def _mib(value: float | None) -> str:
-    return "memory n/a" if value is None else f"peak {value:,.0f} MiB"
+def _times(ratio: float | None) -> str:
+    return "" if ratio is None else f" (x{ratio:.2f})"
+
+
+def _mib(value: float | None, what: str = "peak ") -> str:
+    return "memory n/a" if value is None else f"{what}{value:,.1f} MiB"
 
 
 def sweep(run: Run, source: str, batches: list[int]) -> list[dict]:
     """Stage-1 samples/s, model only, per path and per-device batch."""
     points = []
     for batch in batches:
-        for path, result in fastest_rounds(dataclasses.replace(run, profile=False), 1, "model", batch).items():
+        for path, result in fastest_rounds(dataclasses.replace(run, profile=False), 1, "model", batch,
+                                           BASE_PATHS).items():
             points.append({"config": source, "stage": 1, "path": path, "attention": result["attention"],
                            "batch": batch, "samples_per_s": result["samples_per_s"], "steps": run.steps,
                            "repeats": run.repeats})
@@ -339,6 +408,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sweep", type=ints, default=[], help="per-device batches for the stage-1 plot, e.g. 1,2,4,8")
     parser.add_argument("--profile", action="store_true",
                         help="print the top operators of one model-only step per path")
+    parser.add_argument("--compile", action="store_true",
+                        help="also the engine path under torch.compile (in place, inductor): compiled / eager")
+    parser.add_argument("--grad-checkpointing", action="store_true",
+                        help="also the engine path with activation checkpointing: activation and peak memory, speed")
     parser.add_argument("--root", type=Path, help="a shard directory for end to end (default: the synthetic set)")
     parser.add_argument("--workers", type=int, default=None,
                         help="DALI threads and reference workers (default: data.num_workers, at most the CPU count)")
@@ -364,7 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     batch = args.batch or (64 if on_gpu else 8)
     workers = args.workers or max(min(cfg.data.num_workers, os.cpu_count() or 1), 1)
     run = Run(cfg, device, dtype, warmup=args.warmup if args.warmup is not None else (5 if on_gpu else 2),
-              steps=args.steps or (20 if on_gpu else 5), workers=workers, repeats=args.repeats, profile=args.profile)
+              steps=args.steps or (20 if on_gpu else 5), workers=workers, repeats=args.repeats, profile=args.profile,
+              paths=BASE_PATHS + ("compiled",) * args.compile + ("checkpointed",) * args.grad_checkpointing)
     if "end_to_end" in args.modes:
         run.root = args.root or synthetic_root(cfg, batch * (run.warmup + run.steps + 1))
     note = CUDA_NOTE if on_gpu else CPU_NOTE

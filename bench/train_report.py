@@ -74,7 +74,34 @@ def markdown(result: dict, source: str) -> str:
              f"{memory}.", "",
              HEADER, "|" + "---|" * HEADER.count(" | ") + "---|"]
     lines += [table_row(r) for r in records]
+    variants = [r for r in records if "compiled_speedup" in r or "checkpointing" in r]
+    if variants:
+        lines += ["", "## torch.compile and activation checkpointing", "",
+                  "Variants of the engine path measured in the same run as it (`--compile`, `--grad-checkpointing`): "
+                  "the model compiled in place with inductor (its first step, compilation, untimed and shown apart), "
+                  "and model.grad_checkpointing=true. Activation memory: the bytes of the distinct storages autograd "
+                  "keeps for backward at the end of one forward (saved-tensor hooks, parameters excluded), on any "
+                  "device.", "", VARIANT_HEADER, "|" + "---|" * VARIANT_HEADER.count(" | ") + "---|"]
+        lines += [variant_row(r) for r in variants]
     return "\n".join(lines) + "\n"
+
+
+VARIANT_HEADER = ("| config | stage | measured | batch | samples/s eager | samples/s compiled | compiled / eager "
+                  "| first compiled step s | samples/s checkpointed | checkpointed / eager | activation MiB without / with "
+                  "| peak MiB without / with | commit |")
+
+
+def variant_row(r: dict) -> str:
+    paths = r["paths"]
+    eng, comp, ckpt = paths["engine"], paths.get("compiled"), paths.get("checkpointed")
+    ratios = r.get("checkpointing", {})
+    cells = [f"`{r['config']}`", str(r["stage"]), MODES[r["mode"]], str(r["batch"]), f"{eng['samples_per_s']:.2f}",
+             f"{comp['samples_per_s']:.2f}" if comp else "", f"**x{r['compiled_speedup']:.2f}**" if comp else "",
+             f"{comp['first_step_s']:.1f}" if comp and comp.get("first_step_s") is not None else "",
+             f"{ckpt['samples_per_s']:.2f}" if ckpt else "", f"x{ratios['speed']:.2f}" if ckpt else "",
+             _pair(eng.get("activation_MiB"), ckpt.get("activation_MiB"), ",.1f") if ckpt else "",
+             _pair(eng["peak_memory_MiB"], ckpt["peak_memory_MiB"], ",.0f") if ckpt else "", r["commit"][:7]]
+    return "| " + " | ".join(cells) + " |"
 
 
 def write_markdown(json_path: Path) -> Path:
