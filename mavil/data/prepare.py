@@ -35,6 +35,8 @@ import json
 import os
 import re
 import sys
+import threading
+import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -57,6 +59,7 @@ av = require("av")  # PyAV; a missing one is named with its pip requirement and 
 MAX_DURATION = 600.0  # s: longer files are skipped (encode_video holds a clip's frames in memory)
 MAX_EXIT_STATUS = 100
 IN_FLIGHT_PER_WORKER = 4  # clips submitted ahead of the one the writer waits for
+PARENT_POLL = 1.0  # s: how often a pool worker checks that the run is still there
 END_TOLERANCE = 0.05  # s: an output time this close to the stream's end makes no frame
 TIME_EPSILON = 1e-6  # s: timestamps this close count as equal
 FULL_VIDEO_SLACK, CUT_SLACK = 0.5, 1.0  # s: see is_full_video
@@ -71,6 +74,17 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def exit_with_parent(parent: int) -> None:
+    """Runs in each pool worker: ends it once `parent` is gone (a SIGKILLed or OOM-killed run leaves no workers
+    decoding for nobody)."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def map_in_order(fn: Callable, items: Iterable, workers: int, desc: str, progress: bool = True) -> Iterator:
     """fn(item) for each item, in the items' order, computed by `workers` spawned processes (in this
     process when workers <= 1), with a progress bar on stderr. At most a few results wait in memory."""
@@ -81,7 +95,8 @@ def map_in_order(fn: Callable, items: Iterable, workers: int, desc: str, progres
                 yield fn(item)
                 bar.update()
             return
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=exit_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
             pending = deque()
             for item in items:
                 pending.append(pool.submit(fn, item))

@@ -297,12 +297,32 @@ def many(labeled, tmp_path_factory) -> tuple[Path, Path]:
     return root / "many.csv", out
 
 
-@pytest.mark.parametrize("stop, status", [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGKILL, -signal.SIGKILL),
-                                          (signal.SIGINT, 130)])
-def test_a_run_killed_at_a_random_clip_resumes_to_the_same_shards(many, tmp_path, stop, status):
+def process_state(pid: int) -> tuple[str, int] | None:
+    """(state letter, parent pid) of a process, from /proc; None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1])
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid`."""
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and (process_state(int(p.name)) or
+                                                                                  ("", 0))[1] == pid]
+
+
+def alive(pid: int) -> bool:
+    state = process_state(pid)
+    return state is not None and state[0] not in "ZX"
+
+
+@pytest.mark.parametrize("stop, status, workers", [(signal.SIGKILL, -signal.SIGKILL, 1),
+                                                   (signal.SIGKILL, -signal.SIGKILL, 2), (signal.SIGINT, 130, 1)])
+def test_a_run_killed_at_a_random_clip_resumes_to_the_same_shards(many, tmp_path, stop, status, workers):
     table, whole = many
     out = tmp_path / "out"
-    args = [str(table), "--out", str(out), "--clips-per-shard", "2", "--workers", "1"]
+    args = [str(table), "--out", str(out), "--clips-per-shard", "2", "--workers", str(workers)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen([sys.executable, "-m", "mavil.data.prepare", *args], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -311,8 +331,13 @@ def test_a_run_killed_at_a_random_clip_resumes_to_the_same_shards(many, tmp_path
     while time.monotonic() < deadline and process.poll() is None and len(prepare.read_progress(out)) < shards_done:
         time.sleep(0.005)
     time.sleep(random.uniform(0, 0.05))
+    pool = children(process.pid)
     process.send_signal(stop)
     assert process.wait() == status  # Ctrl-C: "interrupted; run the same command again to resume", 130
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(alive(pid) for pid in pool):
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in pool), "pool workers outlived the run"
     assert not (out / "manifest.json").exists(), "the run finished before it was killed"
     assert prepare.main(args) == 1
     assert contents(out) == contents(whole) and len(contents(out)) == 28
