@@ -628,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["merge"]:
         return merge_main(argv[1:])
     parser = argparse.ArgumentParser(
-        prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=PROG, description=__doc__.split("\n\n")[0],
         epilog=f"Exit status: 0 when every file became a clip; otherwise the number of skipped files, at most "
                f"{MAX_EXIT_STATUS} (the files and their reasons are in the manifest's \"skipped\"; missing downloads "
                f"are listed in {MISSING}, not counted). A run that cannot start (bad arguments or sources, --out of "
