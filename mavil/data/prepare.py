@@ -415,6 +415,9 @@ def open_state(target: Path, settings: dict) -> list[dict]:
     directory of something else or of other settings, naming the first setting that differs."""
     state = target / STATE
     if any(path.name not in (LOCK, f".{STATE}.tmp") for path in target.iterdir()):
+        if not state.is_file() and any(target.glob("part-*-of-*")):
+            raise PrepareError(f"{target}: holds the parts of a prepare --part run; run it with --part K/N, merge it "
+                               f"with {PROG} merge {target}, or give a new directory")
         if not state.is_file():
             raise PrepareError(f"{target}: not empty and not made by prepare; give a new directory")
         recorded = read_json(state).get("settings", {})

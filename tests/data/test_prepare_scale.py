@@ -108,6 +108,25 @@ def test_no_download_at_all_is_refused(audioset, tmp_path, capsys):
     assert status == 2 and "none of the 5 segments" in capsys.readouterr().err
 
 
+def test_vggsound_as_published_with_a_split(audioset, tmp_path):
+    (tmp_path / "dl").mkdir()
+    small_clip(tmp_path / "dl" / "vggfull1234.mp4", 12.5)  # a whole video: [2, 12) is cut from it
+    os.link(audioset[0].parent / "dl" / "ab" / "alreadycut1.webm", tmp_path / "dl" / "alreadycut1.webm")
+    (tmp_path / "vggsound.csv").write_text("vggfull1234,2,dog barking,train\nalreadycut1,30,\"cattle, bovinae "
+                                           "cowbell\",train\nmissingone1,1,dog barking,test\nnotthere123,4,"
+                                           "airplane,train\n")
+    summary = prepare.prepare(tmp_path / "vggsound.csv", tmp_path / "out", downloads=tmp_path / "dl",
+                              split="train", workers=1, progress=False)
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest["label_names"] == ["airplane", "cattle, bovinae cowbell", "dog barking"]
+    assert (summary.clips, summary.missing) == (2, ["notthere123,4"])
+    clips = decoded_clips(tmp_path / "out")
+    assert {key: (meta["labels"], meta["duration"]) for key, (_, _, meta) in clips.items()} == {
+        "vggfull1234": ([2], 10.0), "alreadycut1": ([1], 3.0)}  # VGGSound's 10 s; a 3-s cut used whole
+    assert frame_levels(clips["vggfull1234"][0]) == pytest.approx(
+        [grey_level(round((2 + j / VIDEO_FPS) * FPS)) for j in range(20)], abs=6)
+
+
 def test_the_full_or_cut_rule():
     assert prepare.is_full_video(40.0, (30.0, 40.0)) and prepare.is_full_video(39.6, (30.0, 40.0))
     assert not prepare.is_full_video(10.0, (30.0, 40.0)) and not prepare.is_full_video(10.9, (30.0, 40.0))
@@ -260,6 +279,12 @@ def test_parts_then_merge_equal_one_run(labeled, whole, tmp_path, capsys):
     spec = LoaderSpec(batch_size=3, audio_frames=128, video_frames=2, video_size=32, train=False)
     batches = list(Loader(out, spec, device="cpu"))  # DALI reads the parts' shards through the merged manifest
     assert sorted(key for batch in batches for key in batch["key"]) == sorted(contents(whole))
+
+
+def test_a_run_without_part_into_a_folder_of_parts_is_refused(labeled, tmp_path, capsys):
+    prepare.main([str(labeled), "--out", str(tmp_path / "out"), "--workers", "1", "--part", "3/3"])
+    assert prepare.main([str(labeled), "--out", str(tmp_path / "out"), "--workers", "1"]) == 2
+    assert "out: holds the parts of a prepare --part run" in capsys.readouterr().err
 
 
 def test_merge_refuses_parts_made_with_other_settings(labeled, tmp_path, capsys):
