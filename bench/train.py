@@ -293,7 +293,9 @@ def fastest_rounds(run: Run, stage: int, mode: str, batch: int, paths: tuple[str
             profile = run.profile and mode == "model" and index == 0
             rounds[path].append(measure(run, stage, mode, path, batch, profile))
     return {path: {**max(results, key=lambda r: r["samples_per_s"]),
-                   "rounds_samples_per_s": [r["samples_per_s"] for r in results]} for path, results in rounds.items()}
+                   "rounds_samples_per_s": [r["samples_per_s"] for r in results],
+                   "first_step_s": results[0]["first_step_s"]}  # the first round's: later ones reuse its compilation
+            for path, results in rounds.items()}
 
 
 def add_rates(result: dict, flops: dict, tokens_per_sample: int, matmul_tflops: float) -> dict:

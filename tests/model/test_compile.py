@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -19,7 +22,9 @@ from mavil.model import MAViL, Backbone
 from mavil.model import attention
 from mavil.model.vit import resolve_attention
 
-from ..conftest import CONFIGS
+from mavil.engine.launch import free_port
+
+from ..conftest import CONFIGS, REPO
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -110,3 +115,62 @@ def test_the_triton_path_traces_as_one_graph_on_cuda(stage, monkeypatch):
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
     model.compile(backend="aot_eager", fullgraph=True)
     assert_same(eager, losses_and_grads(model, model, audio, video), tol=1e-3)
+
+
+ENGINE = """
+import os, sys, tempfile, torch
+import deepspeed
+from pathlib import Path
+from deepspeed.runtime.engine import DeepSpeedEngine
+from mavil.config import load_config
+from mavil.engine.optim import param_groups
+from mavil.engine.trainer import Trainer
+from mavil.model import MAViL
+
+# inductor is a minute per model on two cores; what is tested here is the wrapping, so DeepSpeed's default backend
+# (bound when DeepSpeed is imported) becomes aot_eager
+DeepSpeedEngine.compile.__defaults__ = ("aot_eager", *DeepSpeedEngine.compile.__defaults__[1:])
+
+class Plain(Trainer):
+    def param_groups(self, model):
+        return param_groups(model, self.cfg.train.weight_decay)
+
+os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+deepspeed.init_distributed(dist_backend="gloo", verbose=False)  # one process on the CPU
+rank, world, device = 0, 1, torch.device("cpu")
+cfg = load_config("configs/tiny/stage1.json", ["train.compile=true", "train.global_batch=2", "train.micro_batch=2"])
+trainer = object.__new__(Plain)  # the trainer's DeepSpeed set-up alone: no data, no run directory
+trainer.cfg, trainer.rank, trainer.world, trainer.device = cfg, rank, world, device
+torch.manual_seed(0)
+model = MAViL(cfg.model)
+keys = list(model.state_dict())
+eager = MAViL(cfg.model)
+eager.load_state_dict(model.state_dict())
+engine = trainer._deepspeed(model)
+assert engine.is_compiled and engine.module is model, "compiled in place"
+m = cfg.model
+audio, video = torch.randn(2, 1, m.audio_frames, m.audio_mel_bins), torch.randn(2, 3, 4, 64, 64)
+for step in range(2):
+    torch.manual_seed(step)
+    out = engine(audio, video)
+    engine.backward(out["loss"])
+    engine.step()
+    if step == 0:
+        torch.manual_seed(step)
+        torch.testing.assert_close(out["loss"], eager(audio, video)["loss"], rtol=1e-5, atol=1e-5)
+assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1, dict(torch._dynamo.utils.counters["stats"])
+with tempfile.TemporaryDirectory() as tmp:
+    engine.save_checkpoint(tmp, tag="t")
+    saved = torch.load(Path(tmp) / "t" / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    assert list(saved) == keys, "checkpoint keys as without compile"
+print("ok")
+"""
+
+
+def test_train_compile_compiles_the_deepspeed_engine_module_in_place():
+    """train.compile through the trainer's DeepSpeed set-up: the module compiled in place, one graph over steps,
+    the eager loss, checkpoints with the state_dict keys of an uncompiled model."""
+    pytest.importorskip("deepspeed")
+    result = subprocess.run([sys.executable, "-c", ENGINE], cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "MASTER_PORT": str(free_port())})
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), (result.stdout + result.stderr)[-4000:]
