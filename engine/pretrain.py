@@ -63,11 +63,14 @@ class Pretrainer(Trainer):
         return path
 
     def check_teacher(self) -> None:
-        """Stage 2: the teacher's weights at the end must be the file's, bit for bit; recorded in teacher.json."""
+        """Stage 2: the teacher's weights at the end must be the file's, bit for bit, in the dtype the teacher runs in
+        (the engine's: the file's fp32, or its bf16 rounding); recorded in teacher.json."""
         teacher = self.engine.module.teacher
         if teacher is None:
             return
-        record = {"file": self.cfg.model.teacher, "sha256_file": fingerprint(load_teacher(self.cfg.model.teacher)),
+        dtype = next(teacher.parameters()).dtype
+        record = {"file": self.cfg.model.teacher, "dtype": str(dtype).removeprefix("torch."),
+                  "sha256_file": fingerprint(load_teacher(self.cfg.model.teacher).to(dtype)),
                   "sha256_after_training": fingerprint(teacher)}
         (self.run_dir / "teacher.json").write_text(json.dumps(record, indent=1) + "\n")
         if record["sha256_file"] != record["sha256_after_training"]:

@@ -82,8 +82,11 @@ class MAViL(nn.Module):
     neither computed nor returned).
 
     Stage 2 needs `teacher`, a frozen Backbone (see `weights.load_teacher`). It is kept outside this
-    module's parameters and state_dict, so optimisers and checkpoints never see it; it follows the
-    module across devices and dtypes.
+    module's parameters and state_dict, so optimisers and checkpoints never see it. It follows the
+    student: after every `_apply` (`.to()`, `.cuda()`, `.bfloat16()`, ...) its parameters take the device and
+    dtype of the student's, its floating buffers those of the student's buffers. DeepSpeed's bf16 mode casts
+    the parameters one by one (`p.data = p.data.to(bf16)`, not through `_apply`) and then moves the module to
+    its device, which is when the teacher becomes bf16 too: no fp32 copy of it stays on the GPU.
     """
 
     def __init__(self, cfg: ModelConfig, teacher: Backbone | None = None):
@@ -104,6 +107,7 @@ class MAViL(nn.Module):
             self._check_teacher(teacher)
             teacher.requires_grad_(False).eval()
         self.__dict__["teacher"] = teacher  # not a submodule: no parameters, no state_dict entries
+        self._teacher_follows_student()
 
     def _target_dims(self, teacher: Backbone | None) -> tuple[int, int]:
         cfg = self.cfg
@@ -123,9 +127,23 @@ class MAViL(nn.Module):
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
-        if self.teacher is not None:
-            self.teacher._apply(fn, recurse)
+        self._teacher_follows_student()
         return self
+
+    def _teacher_follows_student(self) -> None:
+        """The teacher's parameters to the device and dtype of the student's backbone parameters, its floating
+        buffers (positions) to those of the backbone's buffers; the same Parameter objects, still frozen."""
+        if self.teacher is None:
+            return
+        param = next(self.backbone.parameters())
+        buffer = next(self.backbone.buffers(), param)
+
+        def follow(t: torch.Tensor) -> torch.Tensor:
+            like = param if isinstance(t, nn.Parameter) else buffer
+            return t.to(like.device, like.dtype) if t.is_floating_point() else t.to(like.device)
+
+        with torch.no_grad():
+            self.teacher._apply(follow)
 
     def forward(self, audio: torch.Tensor, video: torch.Tensor) -> dict[str, torch.Tensor]:
         """audio (B, 1, T, F) spectrograms, video (B, 3, T, H, W) clips -> losses (0-dim fp32 tensors)."""
