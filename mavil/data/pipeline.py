@@ -11,18 +11,20 @@ In DALI (CPU pipeline without CUDA; GPU decode and augmentation with it):
   together the ranks see every clip exactly once per epoch, disjointly), shuffled within a buffer of
   `shuffle_buffer` clips seeded by `seed`.
   The last batch of a rank is partial, never padded with repeats.
-- video: decode every frame of the clip (stored at 2 fps), take `video_frames` consecutive frames
-  from a random start (in evaluation the centre window, or `eval_clips` uniformly spaced windows for
-  multi-clip inference), looping cyclically to the beginning when the clip is shorter; training: random resized crop (area `crop_scale`, aspect 3/4..4/3) and a
+- video: decode every frame of the clip (stored at 2 fps), take `video_frames` consecutive frames from a random
+  start where a whole window fits, [0, frames - video_frames] (in evaluation the centre window, or `eval_clips`
+  uniformly spaced windows for multi-clip inference); a clip shorter than the window starts anywhere in it and
+  loops cyclically to its beginning (App. B); training: random resized crop (area `crop_scale`, aspect 3/4..4/3) and a
   horizontal flip with `flip_prob`; evaluation: resize the short side and centre crop; ImageNet
   mean/std normalisation; layout C, T, H, W.
 - audio: decode to 16 kHz mono float (other rates resampled, several channels averaged: the repairs the
   health check counts), in training scaled by a random gain of up to `gain_db` decibels either way (the
   paper's fine-tuning "magnitude augmentation"; 0 = off, as in pre-training), padded with zeros to the longest
   clip of the batch; the real length travels beside it.
-After DALI, in PyTorch on the same device: the Kaldi-exact fbank of each clip (mean removed over its
-real samples, `mavil.data.fbank`), cut or zero-padded to `audio_frames`, in training rolled by a
-random circular time shift (the paper's "R"), normalised as (x - mean) / (2 * std).
+After DALI, in PyTorch on the same device: in training each waveform rolled circularly over its real samples by
+a random shift (the paper's "R", done on the waveform before the fbank as Audio-MAE does, so the zero padding of a
+short clip stays at its end), the Kaldi-exact fbank of each clip (mean removed over its real samples,
+`mavil.data.fbank`), cut or zero-padded to `audio_frames`, normalised as (x - mean) / (2 * std).
 """
 from __future__ import annotations
 
@@ -146,12 +148,17 @@ def _random_gain(gain_db: float):
 
 
 def _window(fn, types, frames, spec: LoaderSpec):
-    """`video_frames` consecutive frames from a random start (training), or from `eval_clips` uniformly spaced
-    starts (evaluation; one clip: the centre window), cyclic: (clips * T, H, W, 3)."""
+    """`video_frames` consecutive frames from a random start where a whole window fits (training), or from
+    `eval_clips` uniformly spaced starts (evaluation; one clip: the centre window); a clip shorter than the window
+    loops to its beginning: (clips * T, H, W, 3)."""
     count = frames.shape(dtype=types.INT32)[0]
     clip_index, offset = (types.Constant(a.astype(np.int32)) for a in window_layout(spec))
-    if spec.train:
-        start = fn.cast(fn.random.uniform(range=[0.0, 1.0]) * fn.cast(count, dtype=types.FLOAT), dtype=types.INT32)
+    if spec.train:  # uniform over the starts where a whole window fits; any frame of a clip shorter than it
+        slack = count - spec.video_frames
+        fits = fn.cast(slack >= 0, dtype=types.INT32)
+        starts = fits * (slack + 1) + (1 - fits) * count  # how many starts there are to draw from
+        start = fn.cast(fn.random.uniform(range=[0.0, 1.0]) * fn.cast(starts, dtype=types.FLOAT), dtype=types.INT32)
+        start = start - fn.cast(start >= starts, dtype=types.INT32)  # float rounding up to the end: the last start
     else:
         slack = count - spec.video_frames
         slack = slack * fn.cast(slack > 0, dtype=types.INT32)  # 0 when the clip is shorter than the window
@@ -230,10 +237,10 @@ class Loader:
         metas = [decode_meta(row.cpu().numpy().tobytes()) for row in outputs["meta"]]
         wave = outputs["wave"].to(self.device)
         lengths = outputs["length"].to(self.device).reshape(-1)
+        if self.spec.train and self.spec.time_shift:
+            wave = roll_waves(wave, lengths, self._shift)
         audio = to_model_input(fbank(wave, lengths, sample_rate=self.spec.sample_rate, num_mel_bins=self.spec.mel_bins),
                                self.spec.audio_frames, self.spec.audio_mean, self.spec.audio_std)
-        if self.spec.train and self.spec.time_shift:
-            audio = roll_time(audio, self._shift)
         return {"audio": audio, "video": split_clips(outputs["video"].to(self.device), self.spec),
                 "label": multi_hot(metas, len(self.label_names)), "key": [meta["key"] for meta in metas]}
 
@@ -246,12 +253,16 @@ def split_clips(video: torch.Tensor, spec: LoaderSpec) -> torch.Tensor:
     return video.reshape(batch, chans, spec.eval_clips, spec.video_frames, height, width).transpose(1, 2)
 
 
-def roll_time(audio: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """(B, 1, F, mel): each sample rolled along time by its own random shift in [-F, F) (Audio-MAE's "R")."""
-    batch, _, frames, _ = audio.shape
-    shifts = torch.randint(-frames, frames, (batch,), generator=generator).to(audio.device)
-    source = (torch.arange(frames, device=audio.device)[None, :] - shifts[:, None]) % frames  # (B, F)
-    return torch.gather(audio, 2, source[:, None, :, None].expand_as(audio))
+def roll_waves(wave: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """(B, T) waveforms zero-padded after `lengths` (B,) real samples: each rolled circularly over its real samples
+    by its own random shift in [0, length) (Audio-MAE's roll of the waveform, the paper's "R"); padding unchanged."""
+    batch, samples = wave.shape
+    lengths = lengths.to(wave.device).long().clamp_min(1)
+    draws = torch.rand(batch, generator=generator, dtype=torch.float64).to(wave.device)
+    shifts = torch.minimum((draws * lengths).long(), lengths - 1)  # (B,)
+    position = torch.arange(samples, device=wave.device)[None, :]  # (1, T)
+    source = torch.where(position < lengths[:, None], (position - shifts[:, None]) % lengths[:, None], position)
+    return torch.gather(wave, 1, source)
 
 
 def multi_hot(metas: list[dict], classes: int) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..deps import require
 from .health import DataHealth, ensure_health
-from .pipeline import (IMAGENET_MEAN, IMAGENET_STD, ClipIndex, LoaderSpec, multi_hot, roll_time, split_clips,
+from .pipeline import (IMAGENET_MEAN, IMAGENET_STD, ClipIndex, LoaderSpec, multi_hot, split_clips,
                        window_layout)
 from .shards import VIDEO_EXTS, decode_meta
 
@@ -101,8 +101,8 @@ def window_indices(count: int, spec: LoaderSpec, rng: np.random.Generator) -> np
     """Frame indices of the window(s), as the pipeline takes them: (clips * T,)."""
     clip_index, offset = window_layout(spec)
     slack = max(count - spec.video_frames, 0)
-    if spec.train:
-        start = int(rng.integers(count))
+    if spec.train:  # where a whole window fits; anywhere in a clip shorter than it (then it loops)
+        start = int(rng.integers(slack + 1 if count >= spec.video_frames else count))
     elif spec.eval_clips > 1:
         start = clip_index * slack // (spec.eval_clips - 1)
     else:
@@ -161,6 +161,8 @@ class ReferenceClips(torch.utils.data.IterableDataset):
         wave = decode_audio(audio, self.spec.sample_rate)
         if self.spec.train and self.spec.gain_db > 0:  # magnitude augmentation, as the pipeline's
             wave = wave * 10 ** (rng.uniform(-self.spec.gain_db, self.spec.gain_db) / 20)
+        if self.spec.train and self.spec.time_shift:  # "R": the waveform rolled by a shift in [0, length) before the
+            wave = torch.roll(wave, int(rng.integers(len(wave))))  # fbank, as Audio-MAE and the pipeline roll it
         return {"audio": audio_features(wave, self.spec), "video": video_features(decode_video(video), self.spec, rng),
                 "meta": meta}
 
@@ -168,13 +170,10 @@ class ReferenceClips(torch.utils.data.IterableDataset):
 def reference_loader(root: str | Path, spec: LoaderSpec, rank: int = 0, world_size: int = 1, seed: int = 0,
                      num_workers: int = 0, health: DataHealth | None = None) -> torch.utils.data.DataLoader:
     clips = ReferenceClips(root, spec, rank, world_size, seed, health)
-    shift = torch.Generator().manual_seed(seed * 1000 + rank)
     classes = len(clips.manifest["label_names"])
 
     def collate(items: list[dict]) -> dict:
         audio = torch.stack([item["audio"] for item in items])
-        if spec.train and spec.time_shift:
-            audio = roll_time(audio, shift)
         metas = [item["meta"] for item in items]
         return {"audio": audio, "video": split_clips(torch.stack([item["video"] for item in items]), spec),
                 "label": multi_hot(metas, classes), "key": [meta["key"] for meta in metas]}
