@@ -1,6 +1,6 @@
 """Evaluation of a fine-tuned model: mAP and top-1 accuracy (1-clip and multi-clip), or audio-video retrieval.
 
-    python -m mavil.engine.evaluate --run RUN_DIR [--data DIR]          # one process
+    python -m mavil.engine.evaluate --run RUN_DIR [--data DIR] [--device cpu]   # one process
     deepspeed --num_gpus 8 engine/evaluate.py --run RUN_DIR              # ranks split the set, scores gathered
 
 Classification: every clip of the evaluation set once (each rank a contiguous part, predictions gathered
@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a script (the deepspeed launcher does): 
 import torch
 import torch.distributed as dist
 
-from ..config import Config, ConfigError, load_config
+from ..config import DEVICES, Config, ConfigError, load_config
 from ..data.pipeline import Loader, LoaderSpec
 from ..deps import MissingDependency
 from ..model.classifier import Classifier
@@ -106,10 +106,12 @@ def evaluate(model: Classifier, cfg: Config, root: Path, device: torch.device) -
     return {**result, **health.tally(Windows.from_config(cfg)).fields()}
 
 
-def run_config(run_dir: Path) -> Config:
+def run_config(run_dir: Path, device: str | None = None) -> Config:
     """The config of a fine-tuning run directory (its config.json), less what evaluation does not read: the
-    initialisation (the run's own weights replace it) and the training shards (which may be gone by now)."""
-    return load_config(run_dir / "config.json", ["finetune.init=null", "data.root=null"])
+    initialisation (the run's own weights replace it) and the training shards (which may be gone by now);
+    `device` replaces the run's train.device (None: the run's)."""
+    overrides = ["finetune.init=null", "data.root=null", *([f"train.device={device}"] if device else [])]
+    return load_config(run_dir / "config.json", overrides)
 
 
 def load_run(run_dir: Path, device: torch.device) -> tuple[Classifier, Config]:
@@ -126,14 +128,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, type=Path, help="a fine-tuning run directory")
     parser.add_argument("--data", type=Path, help="evaluation shards (default: the run's finetune.eval_root or synthetic)")
+    parser.add_argument("--device", choices=DEVICES, help="cuda or cpu (default: the run's train.device)")
     parser.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher")
     return parser.parse_args(argv)
 
 
-def checked_run(run_dir: Path, data: Path | None) -> Config:
-    """The run's config, with its weights and the evaluation shards checked; raises ConfigError or
-    MissingDependency naming the problem. Nothing is started yet."""
-    cfg = run_config(run_dir)
+def checked_run(run_dir: Path, data: Path | None, device: str | None = None) -> Config:
+    """The run's config (`device` replacing its train.device), with its weights, the evaluation shards and the
+    device checked; raises ConfigError or MissingDependency naming the problem. Nothing is started yet."""
+    cfg = run_config(run_dir, device)
     check_evaluation(cfg, run_dir, data)
     return cfg
 
@@ -141,13 +144,13 @@ def checked_run(run_dir: Path, data: Path | None) -> Config:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:  # refused before any work when the run directory or the shards cannot be evaluated: exit status 2
-        checked_run(args.run, args.data)
+        checked = checked_run(args.run, args.data, args.device)
     except (ConfigError, MissingDependency) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from .launch import init_distributed
 
-    rank, _, device = init_distributed()
+    rank, _, device = init_distributed(checked.train.device)
     model, cfg = load_run(args.run, device)
     root = args.data or eval_root(cfg)
     try:

@@ -4,6 +4,8 @@
 file beyond the config. What needs more is checked here, by each entry point right after its config loads
 and before the process group, the model, DeepSpeed or the data start (`trainer.main`, `evaluate.main`):
 
+- the device: train.device = "cuda" where torch sees no GPU, with why (no device visible, a driver too old for
+  this torch build) and how to run on the CPU instead (`launch.why_no_cuda`): never a silent CPU run;
 - the batch: train.global_batch a multiple of train.micro_batch x the launcher's world size (`deepspeed_config`),
   and ZeRO settings under which DeepSpeed skips a non-finite step (`numerics.check_deepspeed`);
 - train.output_dir: a directory, or nothing yet;
@@ -23,14 +25,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from ..config import Config, ConfigError, Checker, deepspeed_config
 from ..data.shards import read_manifest
 from ..deps import require
 from ..model.attention import why_xformers_unavailable
 from ..model.classifier import encoder_names
 from ..model.weights import architecture_differences, read_header, stored_architecture
+from .launch import why_no_cuda
 from .numerics import check_deepspeed
 
 TEACHER_PARTS = ("audio_encoder", "video_encoder", "fusion")  # what stage 2 rebuilds of its teacher
@@ -75,20 +76,29 @@ def check_evaluation(cfg: Config, run_dir: Path, data: Path | None) -> None:
             raise ConfigError(f"--data {data}: {_reason(err, data)}") from None
     elif cfg.finetune.eval_root is not None:
         _shards(Checker(cfg.source, "finetune"), "eval_root", cfg.finetune.eval_root)
+    _check_device(cfg, "to evaluate on the CPU, add --device cpu")
     _check_packages()
 
 
 def _check_run(cfg: Config, world: int) -> dict | None:
     """What pre-training and fine-tuning share: batch, output directory, data, attention backend; -> the
     manifest of data.root (None: the synthetic set)."""
+    _check_device(cfg, "to train on the CPU, set train.device=cpu")
     check_deepspeed(deepspeed_config(cfg, world), cfg.source)  # ZeRO settings that skip non-finite steps
     output_dir = Path(cfg.train.output_dir)
     Checker(cfg.source, "train").that("output_dir", cfg.train.output_dir, output_dir.is_dir() or not output_dir.exists(),
                                        "exists and is not a directory")
     if cfg.model.attention == "xformers":
-        reason = why_xformers_unavailable("cuda" if torch.cuda.is_available() else "cpu")
+        reason = why_xformers_unavailable(cfg.train.device)
         Checker(cfg.source, "model").that("attention", "xformers", reason is None, f"{reason}; use auto or sdpa")
     return _shards(Checker(cfg.source, "data"), "root", cfg.data.root) if cfg.data.root is not None else None
+
+
+def _check_device(cfg: Config, cpu_hint: str) -> None:
+    """train.device = "cuda" where torch sees no GPU: refused with why, and `cpu_hint`."""
+    if cfg.train.device == "cuda":
+        reason = why_no_cuda()
+        Checker(cfg.source, "train").that("device", "cuda", reason is None, f"{reason}; {cpu_hint}")
 
 
 def _check_classes(cfg: Config, train_manifest: dict | None, eval_manifest: dict | None) -> None:

@@ -103,8 +103,6 @@ class Trainer:
 
         ds_config = deepspeed_config(self.cfg, self.world)
         ds_config["zero_allow_untested_optimizer"] = True  # our AdamW with its parameter groups
-        if self.device.type != "cuda":
-            ds_config["bf16"] = {"enabled": False}  # fp32 on the CPU
         check_deepspeed(ds_config, self.cfg.source)  # DeepSpeed must skip a step with non-finite gradients
         optimizer = torch.optim.AdamW(self.param_groups(model), lr=0.0, betas=tuple(self.cfg.train.betas))
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
@@ -267,7 +265,7 @@ def main(trainer_class: type[Trainer], argv: list[str] | None, doc: str) -> int:
     except (ConfigError, MissingDependency) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    rank, world, device = init_distributed()
+    rank, world, device = init_distributed(cfg.train.device)
     try:
         trainer_class(cfg, rank, world, device).run()
     except (ConfigError, NonFiniteStop) as err:  # a deepspeed section that would apply NaN steps; too many skipped

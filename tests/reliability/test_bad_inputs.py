@@ -7,7 +7,11 @@ directory holding the inputs under relative paths, so that every message reads t
 - in-process, the function `main` calls before the process group: `trainer.checked_config` (pretrain.py,
   finetune.py) or `evaluate.checked_run`;
 - a few as the real command (`python engine/pretrain.py ...`, `python -m mavil.engine.evaluate ...`), some with a
-  package made absent (`absent.py`), asserting exit status 2.
+  package made absent (`absent.py`), asserting exit status 2 and one error line.
+
+A GPU run on a machine without one is refused with torch's reason, whatever the machine: the cases that set
+`cuda` make torch see no device and make `torch.cuda.init()` raise that text, as torch does there ("Found no
+NVIDIA driver ...", "No CUDA GPUs are available", "The NVIDIA driver on your system is too old ...").
 
 Every case also asserts that nothing was made: no run directory, no synthetic set in the cache. The test writes
 the table to docs/bad_inputs.md and fails where the committed file differs; refresh it with
@@ -52,6 +56,8 @@ class Case:
     how: str = "in-process"  # or "command": the real command line in a subprocess (exit status 2)
     absent: tuple[str, ...] = ()  # packages that do not import (command only)
     ranks: int = 0  # launched on this many ranks (RANK and WORLD_SIZE set); 0: a plain run
+    cuda: str = ""  # a machine of CUDA_ERRORS: torch sees no CUDA device, torch.cuda.init() raises its error
+    env: tuple[tuple[str, str], ...] = ()  # environment variables set for the case
 
 
 def pre(*args, **kw) -> Case:
@@ -64,6 +70,18 @@ def stage2(*args, **kw) -> Case:
 
 def fine(*args, **kw) -> Case:
     return Case("finetune", ("--config", "cfg/finetune.json", *args), **kw)
+
+
+# torch's CUDA initialisation errors (c10/cuda/CUDAFunctions.cpp), for the cases of a GPU run without a GPU
+NO_DRIVER = ("Found no NVIDIA driver on your system. Please check that you have an NVIDIA GPU and installed a driver "
+             "from http://www.nvidia.com/Download/index.aspx")
+NO_DEVICE = "No CUDA GPUs are available"
+OLD_DRIVER = ("The NVIDIA driver on your system is too old (found version 12040). Please update your GPU driver by "
+              "downloading and installing a new version from the URL: http://www.nvidia.com/Download/index.aspx "
+              "Alternatively, go to: https://pytorch.org to install a PyTorch version that has been compiled with your "
+              "version of the CUDA driver.")
+CUDA_ERRORS = {"no NVIDIA driver": NO_DRIVER, "no GPU visible": NO_DEVICE, "driver 12040, too old": OLD_DRIVER}
+TORCH = f"torch {torch.__version__} (built for CUDA {torch.version.cuda})"
 
 
 CASES = [
@@ -154,6 +172,23 @@ CASES = [
         how="command", absent=("deepspeed",)),
     pre(wrong="DALI is not installed", names=("nvidia-dali-cuda130==2.4.0", "pip install nvidia-dali-cuda130==2.4.0"),
         how="command", absent=("nvidia.dali",)),
+    # the device: a GPU run where torch sees none
+    pre("train.device=cuda", wrong="a GPU run on a machine without an NVIDIA driver", cuda="no NVIDIA driver",
+        how="command",
+        names=("train.device = \"cuda\"", "no CUDA device visible", TORCH, "Found no NVIDIA driver", "train.device=cpu")),
+    Case("pretrain", ("--config", "cfg/default-device.json"), wrong="a config that leaves train.device at its default "
+         "(cuda), on a machine without an NVIDIA driver", cuda="no NVIDIA driver",
+         names=("cfg/default-device.json", "train.device = \"cuda\"", "no CUDA device visible", "train.device=cpu")),
+    stage2("train.device=cuda", "deepspeed.bf16.enabled=true", wrong="a bf16 GPU run with every GPU hidden",
+           cuda="no GPU visible", env=(("CUDA_VISIBLE_DEVICES", ""),),
+           names=("train.device = \"cuda\"", "No CUDA GPUs are available", "CUDA_VISIBLE_DEVICES=''")),
+    pre("train.device=cuda", wrong="a GPU run where the NVIDIA driver is too old for this torch build",
+        cuda="driver 12040, too old",
+        names=("train.device = \"cuda\"", "driver is too old", TORCH, "found version 12040", "train.device=cpu")),
+    fine("train.device=cuda", wrong="GPU fine-tuning on a machine without an NVIDIA driver", cuda="no NVIDIA driver",
+         names=("cfg/finetune.json", "train.device = \"cuda\"", "train.device=cpu")),
+    Case("evaluate", ("--run", "runs/finetuned", "--device", "cuda"), wrong="GPU evaluation on a machine without an "
+         "NVIDIA driver", cuda="no NVIDIA driver", how="command", names=("train.device = \"cuda\"", "--device cpu")),
 ]
 
 
@@ -175,6 +210,9 @@ def make_configs(cfg: Path) -> None:
     stage2["model"]["teacher"] = "files/teacher.safetensors"
     write_json(cfg / "stage2.json", stage2)
     write_json(cfg / "finetune.json", tiny_raw("finetune.json"))
+    default_device = tiny_raw("stage1.json")
+    del default_device["train"]["device"]
+    write_json(cfg / "default-device.json", default_device)
     (cfg / "trailing-comma.json").write_text('{\n  "model": {"mask_ratio": 0.8},\n}\n')
     (cfg / "list.json").write_text("[1, 2]\n")
     write_json(cfg / "unknown-section.json", {"optimiser": {"lr": 1e-3}})
@@ -240,21 +278,41 @@ def refuse_in_process(case: Case) -> str:
     """The refusal `main` prints, from the function it calls before the process group."""
     if case.entry == "evaluate":
         args = evaluate_args(list(case.args))
-        checked_run(args.run, args.data)
+        checked_run(args.run, args.data, args.device)
     else:
         args = trainer_args(list(case.args), "")
         checked_config(TRAINERS[case.entry], args.config, args.overrides)
     raise AssertionError("not refused")
 
 
+# `python -c` code: torch sees no CUDA device and torch.cuda.init() raises argv[1], then runs argv[2] (a script
+# path, or -m and a module) with the rest as its arguments
+WITHOUT_CUDA = """
+import runpy, sys, torch
+def init(error=sys.argv[1]):
+    raise RuntimeError(error)
+torch.cuda.is_available, torch.cuda.init = (lambda: False), init
+if sys.argv[2] == "-m":
+    sys.argv = sys.argv[3:]
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+else:
+    sys.argv = sys.argv[2:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 def refuse_by_command(case: Case, root: Path) -> str:
-    """The real command's stderr 'error: ...' line; its exit status must be 2."""
-    if case.entry == "evaluate":
-        result = run_without(case.absent, "-m", SCRIPTS[case.entry], list(case.args), root)
+    """The real command's stderr 'error: ...' line, the only one; its exit status must be 2."""
+    mode, target = "-m", SCRIPTS[case.entry]
+    if case.entry != "evaluate":
+        mode, target = "script", str(REPO / SCRIPTS[case.entry])
+    if case.cuda:
+        script = [mode, target] if mode == "-m" else [target]
+        result = run_without(case.absent, "-c", WITHOUT_CUDA, [CUDA_ERRORS[case.cuda], *script, *case.args], root)
     else:
-        result = run_without(case.absent, "script", str(REPO / SCRIPTS[case.entry]), list(case.args), root)
+        result = run_without(case.absent, mode, target, list(case.args), root)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert result.returncode == 2 and errors, f"exit status {result.returncode}: {result.stderr[-2000:]}"
+    assert result.returncode == 2 and len(errors) == 1, f"exit status {result.returncode}: {result.stderr[-2000:]}"
     return errors[-1].removeprefix("error: ")
 
 
@@ -263,6 +321,11 @@ def run_case(case: Case, root: Path) -> Outcome:
         if case.ranks:
             patch.setenv("RANK", "0")
             patch.setenv("WORLD_SIZE", str(case.ranks))
+        for name, value in case.env:
+            patch.setenv(name, value)
+        if case.cuda and case.how != "command":
+            patch.setattr(torch.cuda, "is_available", lambda: False)
+            patch.setattr(torch.cuda, "init", lambda: (_ for _ in ()).throw(RuntimeError(CUDA_ERRORS[case.cuda])))
         try:
             if case.how == "command":
                 message, detail = refuse_by_command(case, root), ""
@@ -285,6 +348,7 @@ def outcomes(tmp_path_factory) -> list[Outcome]:
         patch.chdir(root)  # relative paths: the messages are the same on every machine
         patch.setenv("MAVIL_CACHE", str(root / "cache"))
         patch.delenv("RANK", raising=False)
+        patch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # named in the messages of a GPU run without a GPU
         if torch.cuda.is_available():  # the table is a CPU machine's (xformers attention is refused there)
             patch.setattr(torch.cuda, "is_available", lambda: False)
         return [run_case(case, root) for case in CASES]
@@ -305,8 +369,10 @@ def test_a_bad_input_is_refused_before_any_work_naming_what_is_wrong(outcomes, i
 def command(case: Case) -> str:
     script = {"pretrain": "pretrain.py", "finetune": "finetune.py", "evaluate": "evaluate"}[case.entry]
     where = f"on {case.ranks} ranks: " if case.ranks else ""
+    env = "".join(f"{name}={value} " for name, value in case.env)
     without = f" (without {', '.join(case.absent)})" if case.absent else ""
-    return f"{where}{script} {' '.join(case.args)}{without}"
+    cuda = f" (on a machine with {case.cuda})" if case.cuda else ""
+    return f"{where}{env}{script} {' '.join(case.args)}{without}{cuda}"
 
 
 def cell(text: str) -> str:
@@ -329,7 +395,10 @@ def table(outcomes: list[Outcome]) -> str:
         "relative to a scratch directory: `cfg/` holds the tiny configs (`configs/tiny/`, run directory `run`,",
         "the stage-2 teacher `files/teacher.safetensors`), `files/` weights files (the teacher; tiny models of",
         "another width, input size or fusion; a fine-tuned classifier; a truncated copy; text; a safetensors",
-        "file without MAViL metadata), `shards/` shard directories, `runs/` run directories.",
+        "file without MAViL metadata), `shards/` shard directories, `runs/` run directories;",
+        "`cfg/default-device.json` is the tiny stage-1 config without train.device (so \"cuda\", the default). A",
+        "machine \"with no NVIDIA driver\" (no GPU visible, a driver too old) is one where torch sees no CUDA device",
+        "and `torch.cuda.init()` raises torch's error for that case, made so by the test on any machine.",
         "",
         "| # | command | what is wrong | message |",
         "|---|---|---|---|",
