@@ -9,6 +9,11 @@ cached), and every loader reads only the usable clips:
                     audio decodes to at least one sample, and to every sample its header declares (DALI refuses a
                     FLAC stream that ends early, where PyAV alone might not). Noted: sample rate, channels, samples,
                     frames.
+  without decoding  a clip that `prepare` or `synthetic` wrote was decoded back there, and what it decoded to is
+                    recorded beside its shard with each member's size and sha256 (`mavil.data.verify`); such a clip
+                    is trusted when its members are exactly those recorded, byte for byte (hashing is ~50x faster
+                    than decoding); its metadata is still checked. Every other clip (foreign shards, bytes changed
+                    since) is decoded in full.
   unusable (skipped)  missing_video, missing_audio, missing_meta, truncated, meta_undecodable, video_empty,
                     video_undecodable, audio_empty, audio_undecodable
   repaired (used)   audio_resampled (another sample rate), audio_downmixed (several channels), short_audio (fewer
@@ -28,14 +33,14 @@ cached), and every loader reads only the usable clips:
 
     python -m mavil.data.health DIR [--workers N]      # check (or re-read) a set and print its counts
 
-Large sets are checked by a process pool with a progress bar; the engine lets rank 0 check while the other ranks
-wait, and a set checked beforehand with the command above starts at once.
+Large sets are checked by a process pool (hashing where more than HASH_SERIAL_BELOW bytes, decoding where more than
+SERIAL_BELOW clips) with one progress bar; the engine lets rank 0 check while the other ranks wait, and a set checked
+beforehand with the command above starts at once.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import math
 import os
@@ -44,20 +49,24 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
 from mavil.config import ConfigError
 from mavil.data.fbank import samples_for_frames
 from mavil.data.prepare import default_workers, map_in_order
-from mavil.data.shards import META_BYTES, VIDEO_EXTS, decode_meta, index_members, index_text, read_index, read_manifest
+from mavil.data.shards import (VIDEO_EXTS, index_members, index_text, member_record, read_index, read_manifest,
+                               read_verified)
 from mavil.data.synthetic import default_cache_dir
-from mavil.deps import require
+from mavil.data.verify import Bad, audio_facts, check_meta, count_frames  # noqa: F401 (Bad: the tests')
 
-av = require("av")  # PyAV; a missing one is named with its pip requirement and install command
 
 REPORT, INDEX_DIR, HEALTH_VERSION = "health.json", "health-index", 2  # 2: labels per usable clip
 UNUSABLE_KINDS = ("missing_video", "missing_audio", "missing_meta", "truncated", "meta_undecodable", "video_empty",
                   "video_undecodable", "audio_empty", "audio_undecodable")
 REPAIRED_KINDS = ("audio_resampled", "audio_downmixed", "short_audio", "short_video")
-SERIAL_BELOW = 256  # clips: smaller sets are checked in this process (a process pool takes seconds to start)
+SERIAL_BELOW = 256  # clips to decode: fewer are decoded in this process (a process pool takes seconds to start)
+HASH_SERIAL_BELOW = 1 << 30  # bytes of verified clips to hash: less is hashed in this process (~1 GB/s)
+CHUNK = 16  # clips per job of the pool
 EXAMPLES = 3  # unusable clips named per kind in the command's output
 
 
@@ -79,20 +88,49 @@ class Windows:
 
 
 # checking one clip (runs in the pool's workers)
-class Bad(Exception):
-    """A clip that cannot be used: args = (kind, detail)."""
+def clip_key(members: dict[str, tuple[int, int, str]]) -> str:
+    return next(iter(members.values()))[2].partition(".")[0] if members else "?"
 
 
-def check_clip(job: tuple[str, int, str, int]) -> list:
-    """(tar path, tar size, index line, classes) -> [sample_rate, channels, samples, frames, labels] of a usable
-    clip, or [key, kind, detail] of an unusable one."""
-    tar, tar_size, line, classes = job
-    members = index_members(line)
-    key = next(iter(members.values()))[2].partition(".")[0] if members else "?"
-    try:
-        return check_members(tar, tar_size, members, classes)
-    except Bad as bad:
-        return [key, *bad.args]
+def check_chunk(job: tuple[str, int, list[tuple[str, dict | None]], int, bool]) -> list[tuple[list, bool]]:
+    """(tar path, tar size, [(index line, sidecar record or None)], classes, decode) -> per clip (result, trusted).
+    A clip whose record matches its bytes is trusted: result [sample_rate, channels, samples, frames, labels]. Any
+    other clip is decoded in full when `decode` (result as above, or [key, kind, detail] of an unusable clip), else
+    left for a decoding pass (result None)."""
+    tar, tar_size, clips, classes, decode = job
+    results = []
+    with open(tar, "rb") as handle:
+        for line, record in clips:
+            members = index_members(line)
+            try:
+                facts = recorded_facts(handle, tar_size, members, record, classes)
+                if facts is not None:
+                    results.append((facts, True))
+                elif decode:
+                    results.append((check_members(tar, tar_size, members, classes), False))
+                else:
+                    results.append((None, False))
+            except Bad as bad:
+                results.append(([clip_key(members), *bad.args], False))
+    return results
+
+
+def recorded_facts(handle, tar_size: int, members: dict[str, tuple[int, int, str]], record: dict | None,
+                   classes: int) -> list | None:
+    """The facts prepare recorded for the clip, when its members are exactly those recorded, byte for byte (size and
+    sha256); None otherwise (the clip must be decoded). The metadata is still checked against `classes`."""
+    if not record or set(record.get("members", {})) != set(members):
+        return None
+    meta = b""
+    for ext, (offset, size, _) in members.items():
+        if record["members"][ext][0] != size or offset + size > tar_size:
+            return None
+        handle.seek(offset)
+        data = handle.read(size)
+        if member_record(data) != record["members"][ext]:
+            return None
+        meta = data if ext == "json" else meta
+    return [*record["facts"], check_meta(meta, classes)]
 
 
 def check_members(tar: str, tar_size: int, members: dict[str, tuple[int, int, str]], classes: int) -> list:
@@ -109,61 +147,11 @@ def check_members(tar: str, tar_size: int, members: dict[str, tuple[int, int, st
     return [*audio_facts(audio), frames, labels]
 
 
-def check_meta(raw: bytes, classes: int) -> list[int]:
-    """The clip's labels; Bad unless the metadata is what the loaders batch: META_BYTES of JSON with the clip's key
-    and labels in [0, classes)."""
-    if len(raw) != META_BYTES:
-        raise Bad("meta_undecodable", f"{len(raw)} bytes, not the shard format's {META_BYTES}")
-    try:
-        meta = decode_meta(raw)
-    except (UnicodeDecodeError, ValueError) as error:
-        raise Bad("meta_undecodable", str(error)) from None
-    labels = meta.get("labels", []) if isinstance(meta, dict) else None
-    if not isinstance(meta, dict) or not isinstance(meta.get("key"), str):
-        raise Bad("meta_undecodable", "not a JSON object with a key")
-    if not isinstance(labels, list) or not all(isinstance(c, int) and 0 <= c < classes for c in labels):
-        raise Bad("meta_undecodable", f"labels {labels} are not class indices below {classes}")
-    return labels
-
-
 def read_member(tar: str, member: tuple[int, int, str]) -> bytes:
     offset, size, _ = member
     with open(tar, "rb") as f:
         f.seek(offset)
         return f.read(size)
-
-
-def count_frames(data: bytes) -> int:
-    """The video's decodable frames; Bad when there are none or it does not decode."""
-    if not data:
-        raise Bad("video_empty", "0 bytes")
-    try:
-        with av.open(io.BytesIO(data)) as container:
-            frames = sum(1 for _ in container.decode(video=0))
-    except Exception as error:  # noqa: BLE001 -- whatever FFmpeg raises, the clip is unusable
-        raise Bad("video_undecodable", f"{type(error).__name__}: {error}") from None
-    if frames == 0:
-        raise Bad("video_empty", "no frame decodes")
-    return frames
-
-
-def audio_facts(data: bytes) -> tuple[int, int, int]:
-    """(sample rate, channels, samples per channel) of the audio; Bad when it does not decode in full."""
-    if not data:
-        raise Bad("audio_empty", "0 bytes")
-    try:
-        with av.open(io.BytesIO(data)) as container:
-            stream = container.streams.audio[0]
-            samples = sum(frame.samples for frame in container.decode(stream))
-            rate, channels = stream.sample_rate, stream.channels
-            declared = stream.duration * stream.time_base * rate if stream.duration and stream.time_base else 0
-    except Exception as error:  # noqa: BLE001
-        raise Bad("audio_undecodable", f"{type(error).__name__}: {error}") from None
-    if samples == 0:
-        raise Bad("audio_empty", "no sample decodes")
-    if samples < declared:
-        raise Bad("audio_undecodable", f"decoded {samples} of the {int(declared)} samples its header declares")
-    return rate, channels, samples
 
 
 # the report
@@ -174,6 +162,7 @@ class ShardHealth:
     clips: int
     usable: list[list]  # per usable clip, in index order: [line, sample_rate, channels, samples, frames, labels]
     bad: list[dict]  # per unusable clip: {"line", "key", "kind", "detail"}
+    decoded: int = 0  # clips the check decoded (the others were trusted from prepare's record)
 
 
 @dataclass(frozen=True)
@@ -306,22 +295,55 @@ def stale_shards(root: Path, manifest: dict, folder: Path | None, entries: dict)
 
 
 def scan(root: Path, shards: list[dict], classes: int, workers: int | None, progress: bool) -> dict[str, dict]:
-    """Checks every clip of `shards` (labels must index `classes` classes) -> report entries by tar name."""
+    """Checks every clip of `shards` (labels must index `classes` classes) -> report entries by tar name.
+
+    Two passes, each over a process pool where it is large: the clips that prepare (or synthetic) verified are
+    trusted where their bytes still hash to the record (no decoding); the others, foreign shards' clips and any
+    whose bytes changed, are decoded in full. One progress bar counts both."""
     lines = {shard["tar"]: read_index(root / shard["index"]) for shard in shards}
+    records = {shard["tar"]: read_verified(root, shard) for shard in shards}
     sizes = {shard["tar"]: (root / shard["tar"]).stat().st_size for shard in shards}
-    jobs = [(str(root / tar), sizes[tar], line, classes) for tar in lines for line in lines[tar]]
-    if workers is None:
-        workers = default_workers() if len(jobs) >= SERIAL_BELOW else 1
     entries = {shard["tar"]: {"tar": file_stamp(root / shard["tar"]), "index": file_stamp(root / shard["index"]),
-                              "clips": len(lines[shard["tar"]]), "usable": [], "bad": []} for shard in shards}
-    owners = [(tar, number) for tar in lines for number in range(len(lines[tar]))]
-    checks = map_in_order(check_clip, jobs, workers, f"checking {root.name}", progress)
-    for result, (tar, number) in zip(checks, owners):  # the checks first: zip runs them to their end (and the bar's)
-        if len(result) == 3:
-            entries[tar]["bad"].append(dict(zip(("line", "key", "kind", "detail"), [number, *result])))
-        else:
-            entries[tar]["usable"].append([number, *result])
+                              "clips": len(lines[shard["tar"]]), "usable": [], "bad": [], "decoded": 0}
+               for shard in shards}
+    results: dict[tuple[str, int], tuple[list, bool]] = {}
+    recorded = [(tar, number) for tar in lines for number, line in enumerate(lines[tar])
+                if records[tar].get(clip_key(index_members(line)))]
+    with tqdm(total=sum(len(clips) for clips in lines.values()), desc=f"checking {root.name}", unit="clip",
+              file=sys.stderr, disable=not progress) as bar:
+        hashed = sum(sum(size for size, _ in records[tar][clip_key(index_members(lines[tar][number]))]["members"]
+                         .values()) for tar, number in recorded)
+        pool = workers if workers is not None else default_workers() if hashed >= HASH_SERIAL_BELOW else 1
+        run_pass(root, lines, records, sizes, recorded, classes, pool, False, results, bar)
+        rest = [(tar, number) for tar in lines for number in range(len(lines[tar]))
+                if results.get((tar, number), (None,))[0] is None]
+        pool = workers if workers is not None else default_workers() if len(rest) >= SERIAL_BELOW else 1
+        run_pass(root, lines, records, sizes, rest, classes, pool, True, results, bar)
+    for tar in lines:
+        for number in range(len(lines[tar])):
+            result, trusted = results[(tar, number)]
+            entries[tar]["decoded"] += not trusted
+            if len(result) == 3:
+                entries[tar]["bad"].append(dict(zip(("line", "key", "kind", "detail"), [number, *result])))
+            else:
+                entries[tar]["usable"].append([number, *result])
     return entries
+
+
+def run_pass(root: Path, lines: dict, records: dict, sizes: dict, clips: list[tuple[str, int]], classes: int,
+             workers: int, decode: bool, results: dict, bar) -> None:
+    """check_chunk over `clips` ((tar, line number) pairs) in chunks of CHUNK clips of one shard; the results into
+    `results`, the bar advanced by the clips settled (all of them when decoding, the trusted ones otherwise)."""
+    by_shard: dict[str, list[int]] = {}
+    for tar, number in clips:
+        by_shard.setdefault(tar, []).append(number)
+    chunks = [(tar, numbers[i:i + CHUNK]) for tar, numbers in by_shard.items() for i in range(0, len(numbers), CHUNK)]
+    jobs = [(str(root / tar), sizes[tar], [(lines[tar][n], records[tar].get(clip_key(index_members(lines[tar][n]))))
+                                          for n in numbers], classes, decode) for tar, numbers in chunks]
+    for (tar, numbers), chunk in zip(chunks, map_in_order(check_chunk, jobs, workers, "", progress=False)):
+        for number, result in zip(numbers, chunk):
+            results[(tar, number)] = result
+        bar.update(sum(result is not None for result, _ in chunk))
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -373,7 +395,8 @@ def ensure_health(root: str | Path, workers: int | None = None, progress: bool =
 
 def shard_health(root: Path, folder: Path, shard: dict, entry: dict) -> ShardHealth:
     index = folder / INDEX_DIR / shard["index"] if entry["bad"] else root / shard["index"]
-    return ShardHealth(root / shard["tar"], index, entry["clips"], entry["usable"], entry["bad"])
+    return ShardHealth(root / shard["tar"], index, entry["clips"], entry["usable"], entry["bad"],
+                       entry.get("decoded", entry["clips"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -391,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.root}: {health.tally(Windows(args.sample_rate, args.audio_frames, args.video_frames))}")
     for kind, named in health.unusable_examples().items():
         print(f"  {kind}: " + "; ".join(named))
-    print(f"report: {health.report}")
+    decoded = sum(shard.decoded for shard in health.shards)
+    print(f"checked: {health.clips - decoded} clips from prepare's record, {decoded} decoded; report: {health.report}")
     return 0
 
 

@@ -50,6 +50,7 @@ from tqdm import tqdm
 
 from mavil.data.encode import ENCODING, SAMPLE_RATE, SHORT_SIDE, VIDEO_FPS, encode_audio, encode_video
 from mavil.data.shards import MANIFEST, ShardWriter, encode_meta, write_manifest
+from mavil.data.verify import Bad, clip_facts
 from mavil.data.sources import (FORMATS, MAX_KEY, Source, SourceList, below_common_folder, read_sources,  # noqa: F401
                                 sanitised_keys)
 from mavil.deps import require
@@ -114,6 +115,7 @@ class Clip:
     video: bytes  # WebM
     audio: bytes  # FLAC
     meta: dict
+    facts: list[int] | None = None  # [sample rate, channels, samples, frames], decoded back from video and audio
 
 
 @dataclass(frozen=True)
@@ -322,7 +324,10 @@ def prepare_clip(source: Source, max_duration: float = MAX_DURATION) -> Clip | S
         meta = {"labels": source.labels, "duration": round(duration, 3), "frames": len(frames),
                 "source": source.name}
         encode_meta({**meta, "key": source.key})  # too long metadata is this clip's problem, not the run's
-        return Clip(source.key, encode_video(frames), encode_audio(waveform), meta)
+        video, audio = encode_video(frames), encode_audio(waveform)
+        return Clip(source.key, video, audio, meta, clip_facts(video, audio))  # verified here, trusted by health
+    except Bad as bad:
+        return Skipped(source.name, f"the encoded clip does not decode back: {bad.args[0]}: {bad.args[1]}")
     except Unusable as error:
         return Skipped(source.name, str(error))
     except FileNotFoundError:
@@ -474,8 +479,8 @@ def checkpoint(target: Path, shard: dict | None, consumed: int, skipped: list[di
     """Records that the first `consumed` sources of the part are done: `shard` (complete on disk) holds their clips
     since the last record, `skipped` and `missing` the others."""
     if shard is not None:
-        sync(target / shard["tar"])
-        sync(target / shard["index"])
+        for name in shard_files(shard):
+            sync(target / name)
     record = {"shard": shard, "consumed": consumed, "skipped": skipped, "missing": missing}
     with open(target / PROGRESS, "a") as f:
         f.write(json.dumps(record, separators=(",", ":")) + "\n")
@@ -483,9 +488,14 @@ def checkpoint(target: Path, shard: dict | None, consumed: int, skipped: list[di
         os.fsync(f.fileno())
 
 
+def shard_files(shard: dict) -> list[str]:
+    """A shard's files: tar, index and, where prepare verified its clips, the sidecar recording it."""
+    return [shard["tar"], shard["index"], *([shard["verified"]] if shard.get("verified") else [])]
+
+
 def remove_unrecorded_shards(target: Path, shards: list[dict]) -> None:
     """Deletes shard files no record names: the one an interrupted run was writing."""
-    recorded = {name for shard in shards for name in (shard["tar"], shard["index"])}
+    recorded = {name for shard in shards for name in shard_files(shard)}
     for path in target.glob("shard-*"):
         if path.name not in recorded:
             path.unlink()
@@ -563,7 +573,7 @@ def write_shards(target: Path, sources: list[Source], consumed: int, first_shard
             new_skipped.append({"source": result.source, "reason": result.reason})
             tqdm.write(f"skipped {result.source}: {result.reason}", file=sys.stderr)
             continue
-        writer.add(result.key, result.video, "webm", result.audio, result.meta)
+        writer.add(result.key, result.video, "webm", result.audio, result.meta, result.facts)
         if writer.full:
             checkpoint(target, writer.finish_shard(), number, new_skipped, new_missing)
             skipped += new_skipped
@@ -604,7 +614,7 @@ def merge(out: str | Path) -> Summary:
                                f"{describe(name, settings.get(name))}, part 1/{n} with "
                                f"{describe(name, first_settings.get(name))}; prepare every part with the same settings")
         manifest = read_json(folder / MANIFEST)
-        shards += [{**s, "tar": f"{folder.name}/{s['tar']}", "index": f"{folder.name}/{s['index']}"}
+        shards += [{**s, **{name: f"{folder.name}/{s[name]}" for name in ("tar", "index", "verified") if name in s}}
                    for s in manifest["shards"]]
         skipped += manifest["skipped"]
         if (folder / MISSING).is_file():

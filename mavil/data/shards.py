@@ -2,6 +2,9 @@
 
 A dataset directory holds
     shard-000000.tar, shard-000000.idx, ...   tar shards and their DALI index files
+    shard-000000.verified.json, ...           what `prepare`/`synthetic` verified of each clip they wrote (decoded
+                                              frames and samples, labels, duration; each member's size and sha256):
+                                              `mavil.data.health` trusts it for the clips whose bytes still match
     manifest.json                             what is inside (below)
     health.json, health-index/                added by `mavil.data.health`: which clips are usable (loaders read those)
 
@@ -11,13 +14,14 @@ Per clip, tar members sharing the clip's key:
     <key>.json   {"key", "labels": [class indices], "duration": seconds, "frames": n, "source": name},
                  padded with spaces to META_BYTES so that batches of it have one shape
 
-manifest.json: {"version", "clips", "shards": [{"tar", "index", "clips"}], "label_names", "encoding",
+manifest.json: {"version", "clips", "shards": [{"tar", "index", "clips", "verified"?}], "label_names", "encoding",
                 "skipped": [{"source", "reason"}]}, and from `prepare` also "label_ids" (AudioSet mids), "missing"
                 (downloads not there), "merged" (sources listed more than once). A shard's tar and index are paths
                 relative to the directory: a merge of `prepare --part` runs names them part-K-of-N/shard-....
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -27,6 +31,13 @@ MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 META_BYTES = 1024
 VIDEO_EXTS = ("webm", "mp4")
+VERIFIED_SUFFIX, VERIFIED_VERSION = ".verified.json", 1
+DIGEST_CHARS = 32  # hex characters of sha256 kept per member: 128 bits, against accidental change (not an attacker)
+
+
+def member_record(data: bytes) -> list:
+    """[size, sha256 prefix] of one member's bytes, as a shard's verified sidecar records them."""
+    return [len(data), hashlib.sha256(data).hexdigest()[:DIGEST_CHARS]]
 
 
 def encode_meta(meta: dict) -> bytes:
@@ -43,8 +54,10 @@ def decode_meta(raw: bytes) -> dict:
 class ShardWriter:
     """Appends clips to numbered tar shards of `clips_per_shard` clips, each with its DALI index beside it."""
 
-    def __init__(self, out_dir: str | Path, clips_per_shard: int = 256, first: int = 0):
-        """first: the number of the first shard (a resumed run continues the numbering)."""
+    def __init__(self, out_dir: str | Path, clips_per_shard: int = 256, first: int = 0, verify: bool = True):
+        """first: the number of the first shard (a resumed run continues the numbering); verify: `add` decodes each
+        clip it is given no facts for, and records what it decodes to (what the health check then trusts)."""
+        self.verify = verify
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.clips_per_shard = clips_per_shard
@@ -52,13 +65,30 @@ class ShardWriter:
         self.shards: list[dict] = []
         self._tar: tarfile.TarFile | None = None
         self._index_lines: list[str] = []
+        self._verified: dict[str, dict] = {}  # the open shard's verified clips: key -> sidecar record
 
-    def add(self, key: str, video: bytes, video_ext: str, audio: bytes, meta: dict) -> None:
+    def add(self, key: str, video: bytes, video_ext: str, audio: bytes, meta: dict, facts: list[int] | None = None
+            ) -> None:
+        """facts: [sample rate, channels, samples, frames] that the caller decoded from these very bytes
+        (`mavil.data.verify.clip_facts`; prepare does it in its workers), recorded with each member's size and digest
+        in the shard's sidecar. None: decoded here (with `verify`); a clip that does not decode is written unrecorded,
+        for the health check to decode and judge."""
         if video_ext not in VIDEO_EXTS:
             raise ValueError(f"clip {key}: video extension {video_ext!r} is not one of {VIDEO_EXTS}")
         if "." in key or "/" in key:
             raise ValueError(f"clip key {key!r}: must not contain '.' or '/' (WebDataset splits on them)")
-        self.add_members(key, [(video_ext, video), ("flac", audio), ("json", encode_meta({**meta, "key": key}))])
+        members = [(video_ext, video), ("flac", audio), ("json", encode_meta({**meta, "key": key}))]
+        self.add_members(key, members)
+        if facts is None and self.verify:
+            from .verify import Bad, clip_facts  # here: PyAV, which the loaders importing this module do not need
+
+            try:
+                facts = clip_facts(video, audio)
+            except Bad:
+                facts = None
+        if facts is not None:
+            self._verified[key] = {"members": {ext: member_record(data) for ext, data in members}, "facts": facts,
+                                   "labels": meta.get("labels", []), "duration": meta.get("duration")}
 
     def add_members(self, key: str, members: list[tuple[str, bytes]]) -> None:
         """One clip as the given (extension, bytes) members, unchecked: `add` checks a complete clip first; the
@@ -88,7 +118,12 @@ class ShardWriter:
             return
         self._tar.close()
         (self.out_dir / self.shards[-1]["index"]).write_text(index_text(self._index_lines))
-        self._tar, self._index_lines = None, []
+        if self._verified:
+            name = self.shards[-1]["tar"].removesuffix(".tar") + VERIFIED_SUFFIX
+            record = {"version": VERIFIED_VERSION, "clips": self._verified}
+            (self.out_dir / name).write_text(json.dumps(record, separators=(",", ":")) + "\n")
+            self.shards[-1]["verified"] = name
+        self._tar, self._index_lines, self._verified = None, [], {}
 
     @property
     def full(self) -> bool:
@@ -122,6 +157,19 @@ def index_members(line: str) -> dict[str, tuple[int, int, str]]:
     fields = line.split()
     return {ext: (int(offset), int(size), name)
             for ext, offset, size, name in zip(fields[0::4], fields[1::4], fields[2::4], fields[3::4])}
+
+
+def read_verified(root: str | Path, shard: dict) -> dict[str, dict]:
+    """key -> the sidecar record of each clip that prepare or synthetic verified in this shard; {} when the shard has
+    no sidecar (foreign shards), or an unreadable one."""
+    if not isinstance(shard.get("verified"), str):
+        return {}
+    try:
+        record = json.loads((Path(root) / shard["verified"]).read_text())
+    except (OSError, ValueError):
+        return {}
+    clips = record.get("clips") if isinstance(record, dict) and record.get("version") == VERIFIED_VERSION else None
+    return clips if isinstance(clips, dict) else {}
 
 
 def write_manifest(out_dir: str | Path, shards: list[dict], label_names: list[str], encoding: dict,

@@ -274,6 +274,7 @@ def test_parts_then_merge_equal_one_run(labeled, whole, tmp_path, capsys):
     assert merged["skipped"] == single["skipped"] and merged["merged"] == single["merged"]
     assert merged["shards"][0]["tar"] == "part-1-of-3/shard-000000.tar"
     health = ensure_health(out, workers=1, progress=False)
+    assert all(shard.decoded == 0 for shard in health.shards)  # the parts' records, read through the merged manifest
     assert health.usable == 7 and sorted(map(tuple, health.labels())) == sorted(
         tuple(labels) for labels, *_ in contents(whole).values())
     spec = LoaderSpec(batch_size=3, audio_frames=128, video_frames=2, video_size=32, train=False)

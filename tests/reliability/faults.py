@@ -13,6 +13,9 @@ same clips, broken as they break in practice:
                                                                3.85 s; 4 frames), and short_video under 8 frames
 
 Shards of 8 clips: shard 0 and 1 mix good and bad clips, shard 2 ends with the truncated one.
+
+`build_verified_fault_set` writes the same layout as `prepare` writes (every clip good, decoded back and recorded in
+the shards' sidecars) and breaks it afterwards, on disk: the health check must not trust a record whose bytes changed.
 """
 from __future__ import annotations
 
@@ -25,8 +28,10 @@ import av
 import numpy as np
 
 from mavil.data.encode import encode_audio
-from mavil.data.shards import ShardWriter, encode_meta, write_manifest
+from mavil.data.shards import (ShardWriter, decode_meta, encode_meta, index_members, index_text, read_index,
+                               write_manifest)
 from mavil.data.synthetic import make_clip
+from mavil.data.verify import clip_facts
 
 CLASSES, SEED, DURATION, PER_SHARD = 8, 0, 4, 8
 LAYOUT = ("good", "bad-corrupt-video", "good", "good", "bad-missing-flac", "good", "fix-8khz-stereo", "good",
@@ -97,5 +102,67 @@ def build_fault_set(root: Path) -> FaultSet:
     last_tar = root / shards[-1]["tar"]
     video_offset = int((root / shards[-1]["index"]).read_text().splitlines()[-1].split()[1])
     os.truncate(last_tar, video_offset + 1000)
+    good = [key for key in keys if key not in UNUSABLE]
+    return FaultSet(root, good, [key for key in keys if key in UNUSABLE])
+
+
+def verified_members(name: str, index: int) -> tuple[str, list[tuple[str, bytes]], list[int]]:
+    """(key, members, facts) of clip `index` as prepare writes it: its bytes before any break (a repaired clip as it
+    is), with the facts they decode to."""
+    duration = 2 if name == "fix-2s" else DURATION
+    _, video, audio, meta = make_clip(index, CLASSES, SEED, duration)
+    key = name if name != "good" else f"good{index:02d}"
+    if name == "fix-8khz-stereo":
+        audio = eight_khz_stereo(audio)
+    members = [("webm", video), ("flac", audio), ("json", encode_meta({**meta, "key": key}))]
+    return key, members, clip_facts(video, audio)
+
+
+def member_place(root: Path, shards: list[dict], key: str, ext: str) -> tuple[Path, Path, int, int, int]:
+    """(tar, index, line number, data offset, size) of one member of a written shard set."""
+    for shard in shards:
+        for number, line in enumerate(read_index(root / shard["index"])):
+            members = index_members(line)
+            if ext in members and members[ext][2] == f"{key}.{ext}":
+                return root / shard["tar"], root / shard["index"], number, *members[ext][:2]
+    raise KeyError(f"{key}.{ext}")
+
+
+def overwrite(tar: Path, offset: int, data: bytes) -> None:
+    """Writes `data` over the tar's bytes at `offset`, in place (the tar keeps its size)."""
+    with open(tar, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def build_verified_fault_set(root: Path) -> FaultSet:
+    """The layout written as prepare writes (every clip good when written, its facts and member digests recorded in
+    the shards' sidecars), then broken on disk as storage and copies break it: the bad clips' bytes overwritten in
+    place, a member dropped from the index, a member's size cut to 0 in the index, the last tar truncated."""
+    writer = ShardWriter(root, PER_SHARD)
+    keys = []
+    for index, name in enumerate(LAYOUT):
+        key, parts, facts = verified_members(name, index)
+        keys.append(key)
+        video, audio, meta = (data for _, data in parts)
+        writer.add(key, video, "webm", audio, decode_meta(meta), facts)
+    shards = writer.close()
+    write_manifest(root, shards, [f"class-{k:02d}" for k in range(CLASSES)], {}, skipped=[])
+    for index, name in enumerate(LAYOUT):
+        if name in ("bad-corrupt-video", "bad-corrupt-flac"):
+            ext, keep = ("webm", 64) if name == "bad-corrupt-video" else ("flac", 200)
+            tar, _, _, offset, size = member_place(root, shards, name, ext)
+            overwrite(tar, offset + keep, noise(bytes(size), keep, index)[keep:])
+        elif name in ("bad-missing-flac", "bad-empty-video"):
+            ext = "flac" if name == "bad-missing-flac" else "webm"
+            _, index_path, number, offset, size = member_place(root, shards, name, ext)
+            lines = read_index(index_path)
+            fields = lines[number].split()
+            at = fields.index(f"{name}.{ext}") - 3  # the member's four fields: ext, offset, size, name
+            fields[at:at + 4] = [] if name == "bad-missing-flac" else [ext, str(offset), "0", f"{name}.{ext}"]
+            lines[number] = " ".join(fields)
+            index_path.write_text(index_text(lines))
+    tar, _, _, offset, _ = member_place(root, shards, "bad-truncated", "webm")
+    os.truncate(tar, offset + 1000)
     good = [key for key in keys if key not in UNUSABLE]
     return FaultSet(root, good, [key for key in keys if key in UNUSABLE])

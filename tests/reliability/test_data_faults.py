@@ -19,14 +19,15 @@ from mavil.config import ConfigError
 from mavil.data.health import REPORT, UNUSABLE_KINDS, Bad, UnusableData, Windows, check_meta, ensure_health
 from mavil.data.pipeline import IMAGENET_STD, ClipIndex, Loader, LoaderSpec
 from mavil.data.reference import audio_features, decode_audio, reference_loader
-from mavil.data.shards import encode_meta, index_members, read_index
+from mavil.data.shards import encode_meta, index_members, read_index, read_manifest
 from mavil.data.synthetic import make_clip
 from mavil.engine.evaluate import evaluate
 from mavil.model.classifier import Classifier
 
 from ..conftest import REPO, tiny_config
 from ..engine.launcher import launch, metrics
-from .faults import CLASSES, DURATION, LAYOUT, REPAIRED, SEED, UNUSABLE, FaultSet, build_fault_set
+from .faults import (CLASSES, DURATION, LAYOUT, REPAIRED, SEED, UNUSABLE, FaultSet, build_fault_set,
+                     build_verified_fault_set)
 
 TINY = Windows(sample_rate=16000, audio_frames=384, video_frames=4)  # configs/tiny's windows
 TINY_REPAIRS = {"audio_resampled": 1, "audio_downmixed": 1, "short_audio": 1, "short_video": 0}
@@ -206,3 +207,13 @@ def test_a_set_above_the_ceiling_is_refused_before_training(faults, tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     assert f"error: {CEILING_MESSAGE.format(root=faults.root)}" in result.stderr
     assert not run_dir.exists()  # nothing built, nothing written
+
+
+def test_clips_broken_after_prepare_recorded_them_are_decoded_not_trusted(faults, tmp_path):
+    verified = build_verified_fault_set(tmp_path / "verified")
+    assert all("verified" in shard for shard in read_manifest(verified.root)["shards"])
+    health, classic = ensure_health(verified.root, progress=False), ensure_health(faults.root, progress=False)
+    assert {clip["key"]: clip["kind"] for shard in health.shards for clip in shard.bad} == UNUSABLE
+    assert [shard.usable for shard in health.shards] == [shard.usable for shard in classic.shards]
+    assert health.tally(TINY) == classic.tally(TINY)
+    assert [shard.decoded for shard in health.shards] == [2, 2, 1]  # the broken clips only: the rest from the record
