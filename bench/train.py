@@ -284,7 +284,8 @@ def measure(run: Run, stage: int, mode: str, path: str, batch: int, profile: boo
     return result
 
 
-def fastest_rounds(run: Run, stage: int, mode: str, batch: int, paths: tuple[str, ...] | None = None) -> dict[str, dict]:
+def fastest_rounds(run: Run, stage: int, mode: str, batch: int,
+                   paths: tuple[str, ...] | None = None) -> dict[str, dict]:
     """Each path's (default: run.paths) fastest of run.repeats rounds, the paths alternating (other load on the
     machine only slows a round down); every round's samples/s kept beside it."""
     rounds: dict[str, list[dict]] = {path: [] for path in paths or run.paths}

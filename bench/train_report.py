@@ -87,8 +87,8 @@ def markdown(result: dict, source: str) -> str:
 
 
 VARIANT_HEADER = ("| config | stage | measured | batch | samples/s eager | samples/s compiled | compiled / eager "
-                  "| first compiled step s | samples/s checkpointed | checkpointed / eager | activation MiB without / with "
-                  "| peak MiB without / with | commit |")
+                  "| first compiled step s | samples/s checkpointed | checkpointed / eager "
+                  "| activation MiB without / with | peak MiB without / with | commit |")
 
 
 def variant_row(r: dict) -> str:

@@ -107,7 +107,8 @@ class Trainer:
         optimizer = torch.optim.AdamW(self.param_groups(model), lr=0.0, betas=tuple(self.cfg.train.betas))
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
         if self.cfg.train.compile:  # in place (nn.Module.compile): state_dict keys and checkpoints stay as they are
-            resolve_attention(engine.module, self.device, torch.bfloat16 if engine.bfloat16_enabled() else torch.float32)
+            dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
+            resolve_attention(engine.module, self.device, dtype)
             engine.compile()  # the accelerator's backend (inductor); the attention backends resolved first, eagerly
         return engine
 
