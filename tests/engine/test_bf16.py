@@ -4,15 +4,31 @@
   by one (`p.data = p.data.to(bf16)`, not `module.bfloat16()`), so a teacher kept outside the module's parameters
   is not cast with them; it follows the student when DeepSpeed then moves the module to its device (`_apply`).
   Before that fix the first stage-2 forward crashed in the teacher's patch embedding (bf16 input, fp32 bias).
+- the engine under the real `deepspeed` launcher with deepspeed.bf16.enabled=true on the tiny configs (two CPU
+  ranks, ZeRO-2, train.device=cpu): stage 1 with a NaN loss injected on rank 1 at step 2, run straight to step 6
+  and, as the same command, stopped after step 3 and relaunched: the step is skipped on both ranks (DeepSpeed's
+  bf16 overflow check, fed by `loss_to_backward`) and the relaunched run equals the straight one bit for bit
+  (checkpoint, metrics, clip order); stage 2 from the straight run's export (its teacher bf16, bit for bit the
+  file's bf16 rounding at the end); audio+video fine-tuning from the stage-2 export, evaluated. Every logged
+  loss finite, the module's checkpointed weights bf16. Five launches, about two minutes on two cores.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mavil.engine.checkpoint import tag_for
 
 from ..conftest import REPO
+from ..reliability.runs import Launch, differences, latest_step, load_checkpoint
+from .launcher import launch, metrics
 
 # One process, its own process group of one; prints what deepspeed.initialize left of the teacher, then one step.
 TEACHER_PROBE = """
@@ -73,3 +89,79 @@ def test_deepspeed_bf16_casts_the_stage2_teacher_with_the_student(tmp_path):
     assert not report["teacher_grads"], report
     assert report["targets"] == ["torch.bfloat16"] * 2 and not report["targets_require_grad"]
     assert report["loss"] == report["loss"] and abs(report["loss"]) < float("inf")
+
+
+BF16 = ("deepspeed.bf16.enabled=true", "train.device=cpu")
+STEPS, POISONED, STOP = 6, 2, 3
+STAGE1 = (*BF16, "train.checkpoint_every=2", "train.record_keys=true")
+INJECT = f"nan_loss:step={POISONED}:rank=1"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("bf16")
+
+
+def launched(launch: Launch) -> Launch:
+    assert launch.wait() == 0, launch.output()[-3000:]
+    return launch
+
+
+@pytest.fixture(scope="module")
+def straight(workdir) -> Path:
+    return launched(Launch(workdir, "straight", *STAGE1, f"train.max_steps={STEPS}", inject=INJECT)).run_dir
+
+
+@pytest.fixture(scope="module")
+def stage2(workdir, straight) -> Path:
+    return launch(workdir, "stage2", *BF16, "train.max_steps=3", f"model.teacher={straight / 'model.safetensors'}",
+                  config="configs/tiny/stage2.json")
+
+
+def assert_finite_bf16_run(run_dir: Path) -> list[dict]:
+    """-> its metrics lines, every loss part finite; the newest checkpoint's module weights bf16."""
+    lines = metrics(run_dir)
+    assert lines and all(math.isfinite(v) for l in lines for k, v in l.items() if k.startswith("loss")), lines
+    states = torch.load(run_dir / "checkpoints" / tag_for(latest_step(run_dir)) / "mp_rank_00_model_states.pt",
+                        weights_only=False)
+    assert {t.dtype for t in states["module"].values()} == {torch.bfloat16}
+    return lines
+
+
+def kept(line: dict) -> dict:
+    return {k: v for k, v in line.items() if k.startswith("loss") or k in ("step", "epoch", "lr", "skipped_steps")}
+
+
+def test_stage1_in_bf16_skips_a_poisoned_step_and_resumes_exactly(straight, workdir):
+    lines = assert_finite_bf16_run(straight)
+    assert [l["step"] for l in lines] == [s for s in range(1, STEPS + 1) if s != POISONED]
+    skipped = metrics(straight, event="skipped_step")
+    assert [(e["step"], e["reason"], e["skipped_steps"]) for e in skipped] == \
+        [(POISONED, "non-finite loss on rank 1", 1)]
+    assert lines[-1]["skipped_steps"] == 1
+
+    first = launched(Launch(workdir, "resumed", *STAGE1, f"train.max_steps={STOP}", inject=INJECT))
+    assert latest_step(first.run_dir) == STOP
+    again = launched(Launch(workdir, "resumed", *STAGE1, f"train.max_steps={STEPS}", inject=INJECT, name="resumed-2"))
+    assert f"resuming at step {STOP}" in again.output()
+    assert [kept(l) for l in metrics(again.run_dir)] == [kept(l) for l in lines]
+    checkpoints = (load_checkpoint(run, STEPS, bf16=True) for run in (again.run_dir, straight))
+    assert differences(*checkpoints) == []  # weights, fp32 master partitions, AdamW's state, RNG states
+    for rank in (0, 1):  # the same clips in the same order
+        ours, theirs = (run / f"keys-rank{rank}.jsonl" for run in (again.run_dir, straight))
+        assert ours.read_text() == theirs.read_text()
+
+
+def test_stage2_in_bf16_from_a_stage1_export(stage2):
+    assert [l["step"] for l in assert_finite_bf16_run(stage2)] == [1, 2, 3]
+    record = json.loads((stage2 / "teacher.json").read_text())
+    assert record["dtype"] == "bfloat16" and record["sha256_after_training"] == record["sha256_file"]
+
+
+def test_finetuning_in_bf16_from_the_stage2_export(stage2, workdir):
+    run_dir = launch(workdir, "finetune", *BF16, "train.max_steps=2", "finetune.mode=audio+video",
+                     f"finetune.init={stage2 / 'model.safetensors'}", "finetune.eval_clips=2",
+                     "finetune.eval_synthetic_clips=16", config="configs/tiny/finetune.json")
+    assert [l["step"] for l in assert_finite_bf16_run(run_dir)] == [1, 2]
+    scores = json.loads((run_dir / "eval.json").read_text())
+    assert scores["clips"] == 16 and all(math.isfinite(scores[k]) for k in ("mAP", "accuracy", "mAP_2clips"))

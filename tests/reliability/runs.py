@@ -98,17 +98,18 @@ def latest_step(run_dir: Path) -> int:
     return int(path.read_text().removeprefix("step")) if path.is_file() else 0
 
 
-def checkpoint_files(run_dir: Path, step: int, world: int = 2) -> list[Path]:
-    """The files a complete two-rank ZeRO checkpoint of `step` holds: DeepSpeed's and our RNG states."""
-    tag_dir = run_dir / "checkpoints" / tag_for(step)
+def checkpoint_files(run_dir: Path, step: int, world: int = 2, bf16: bool = False) -> list[Path]:
+    """The files a complete two-rank ZeRO checkpoint of `step` holds: DeepSpeed's and our RNG states (DeepSpeed
+    names the optimizer states bf16_zero_pp_rank_... in bf16)."""
+    tag_dir, optim = run_dir / "checkpoints" / tag_for(step), "bf16_zero_pp_rank" if bf16 else "zero_pp_rank"
     return [tag_dir / "mp_rank_00_model_states.pt",
-            *(tag_dir / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(world)),
+            *(tag_dir / f"{optim}_{r}_mp_rank_00_optim_states.pt" for r in range(world)),
             *(tag_dir / f"rng-rank{r}.pt" for r in range(world))]
 
 
-def load_checkpoint(run_dir: Path, step: int) -> dict[str, object]:
+def load_checkpoint(run_dir: Path, step: int, bf16: bool = False) -> dict[str, object]:
     """Every file of the checkpoint of `step`, loaded, by file name."""
-    return {path.name: torch.load(path, weights_only=False) for path in checkpoint_files(run_dir, step)}
+    return {path.name: torch.load(path, weights_only=False) for path in checkpoint_files(run_dir, step, bf16=bf16)}
 
 
 def differences(a, b, where: str = "") -> list[str]:
