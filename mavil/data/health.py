@@ -40,6 +40,7 @@ beforehand with the command above starts at once.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import math
@@ -61,8 +62,10 @@ from mavil.data.verify import Bad, audio_facts, check_meta, count_frames  # noqa
 
 
 REPORT, INDEX_DIR, HEALTH_VERSION = "health.json", "health-index", 2  # 2: labels per usable clip
+DROPPED = "health-dropped.jsonl"  # clips the DALI pipeline failed to decode during runs, one JSON line each
+PIPELINE_KIND = "decode_failed_in_pipeline"
 UNUSABLE_KINDS = ("missing_video", "missing_audio", "missing_meta", "truncated", "meta_undecodable", "video_empty",
-                  "video_undecodable", "audio_empty", "audio_undecodable")
+                  "video_undecodable", "audio_empty", "audio_undecodable", PIPELINE_KIND)
 REPAIRED_KINDS = ("audio_resampled", "audio_downmixed", "short_audio", "short_video")
 SERIAL_BELOW = 256  # clips to decode: fewer are decoded in this process (a process pool takes seconds to start)
 HASH_SERIAL_BELOW = 1 << 30  # bytes of verified clips to hash: less is hashed in this process (~1 GB/s)
@@ -198,6 +201,9 @@ class DataHealth:
 
     def __init__(self, root: Path, report: Path, manifest: dict, shards: list[ShardHealth]):
         self.root, self.report, self.manifest, self.shards = root, report, manifest, shards
+        self.dropped: dict[int, str] = {}  # clip number -> detail: clips this process's DALI pipeline failed on
+        self._reader_folder: Path | None = None  # this process's index files of usable clips less dropped ones
+        self._numbered: list[tuple[ShardHealth, int]] | None = None
 
     @property
     def clips(self) -> int:
@@ -208,8 +214,70 @@ class DataHealth:
         return sum(len(shard.usable) for shard in self.shards)
 
     def usable_shards(self) -> list[tuple[Path, Path]]:
-        """(tar, index) of each shard with a usable clip, in manifest order: what DALI and ClipIndex read."""
+        """(tar, index) of each shard with a usable clip, in manifest order: what ClipIndex reads (the clip numbers
+        stay those of the check, whatever is dropped later in the run)."""
         return [(shard.tar, shard.index) for shard in self.shards if shard.usable]
+
+    def reader_shards(self) -> list[tuple[Path, Path]]:
+        """(tar, index) for DALI's reader: usable_shards less the clips that pipelines dropped in this run, on any
+        rank (read from the record beside the report, so that every rank's reader splits the same list)."""
+        gone: dict[Path, set[int]] = {}
+        for name, line in self.dropped_in_run():
+            gone.setdefault(self.root / name, set()).add(line)
+        shards = []
+        for shard in self.shards:
+            kept = [clip[0] for clip in shard.usable if clip[0] not in gone.get(shard.tar, ())]
+            if kept and shard.tar in gone:
+                own_lines = read_index(self.root / shard_entry(self.manifest, shard.tar, self.root)["index"])
+                if self._reader_folder is None:  # this process's: other ranks write their own
+                    self._reader_folder = Path(tempfile.mkdtemp(prefix="mavil-reader-index-"))
+                index = self._reader_folder / shard.index.name
+                index.write_text(index_text([own_lines[line] for line in kept]))
+                shards.append((shard.tar, index))
+            elif kept:
+                shards.append((shard.tar, shard.index))
+        return shards
+
+    def numbered(self) -> list[tuple[ShardHealth, int]]:
+        """(shard, line in its own index) of each usable clip, by clip number."""
+        if self._numbered is None:
+            self._numbered = [(shard, clip[0]) for shard in self.shards for clip in shard.usable]
+        return self._numbered
+
+    def drop(self, clip: int, detail: str) -> None:
+        """Marks usable clip `clip` as one DALI's pipeline failed to decode (PIPELINE_KIND): recorded beside the
+        report (every rank appends, under a lock), so that the tallies of this run count it and the next check
+        (`ensure_health`) lists it as unusable; this run's later loaders read it no more (`reader_shards`)."""
+        if clip in self.dropped:
+            return
+        shard, line = self.numbered()[clip]
+        own_lines = read_index(self.root / shard_entry(self.manifest, shard.tar, self.root)["index"])
+        key = clip_key(index_members(own_lines[line]))
+        record = {"tar": shard.tar.relative_to(self.root).as_posix(), "stamp": file_stamp(shard.tar), "line": line,
+                  "key": key, "detail": detail}
+        with open(self.report.parent / DROPPED, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            f.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self.dropped[clip] = detail
+
+    def dropped_records(self) -> dict[tuple[str, int], dict]:
+        """(tar, line) -> record of every clip a pipeline dropped in this run or before it (all ranks), for the
+        shards as they are now."""
+        records = {}
+        try:
+            lines = (self.report.parent / DROPPED).read_text().splitlines()
+        except OSError:
+            lines = []
+        stamps = {shard.tar.relative_to(self.root).as_posix(): shard for shard in self.shards}
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            shard = stamps.get(record.get("tar"))
+            if shard is not None and record.get("stamp") == file_stamp(shard.tar):
+                records[(record["tar"], record["line"])] = record
+        return records
 
     def labels(self) -> list[list[int]]:
         """Each usable clip's class indices, numbered as `ClipIndex` and `Loader(clips=...)` number them (for the
@@ -221,13 +289,26 @@ class DataHealth:
         for shard in self.shards:
             for clip in shard.bad:
                 counts[clip["kind"]] += 1
+        counts[PIPELINE_KIND] += len(self.dropped_in_run())
         return counts
+
+    def dropped_in_run(self) -> set[tuple[str, int]]:
+        """(tar, line) of the usable clips that a pipeline dropped since the check (this process's and other
+        ranks')."""
+        usable = {(shard.tar.relative_to(self.root).as_posix(), line) for shard, line in self.numbered()}
+        here = {(shard.tar.relative_to(self.root).as_posix(), line)
+                for shard, line in (self.numbered()[clip] for clip in self.dropped)}
+        return (set(self.dropped_records()) & usable) | here
 
     def tally(self, windows: Windows) -> Tally:
         counts, repaired_clips = dict.fromkeys(REPAIRED_KINDS, 0), 0
         needed = samples_for_frames(windows.audio_frames, windows.sample_rate)
+        dropped = self.dropped_in_run()
         for shard in self.shards:
-            for _, rate, channels, samples, frames, _ in shard.usable:
+            name = shard.tar.relative_to(self.root).as_posix()
+            for line, rate, channels, samples, frames, _ in shard.usable:
+                if (name, line) in dropped:
+                    continue
                 kinds = [kind for kind, applies in (
                     ("audio_resampled", rate != windows.sample_rate), ("audio_downmixed", channels > 1),
                     ("short_audio", math.ceil(samples * windows.sample_rate / rate) < needed),
@@ -235,7 +316,7 @@ class DataHealth:
                 for kind in kinds:
                     counts[kind] += 1
                 repaired_clips += bool(kinds)
-        return Tally(self.clips, self.usable, self.unusable_counts(), counts, repaired_clips)
+        return Tally(self.clips, self.usable - len(dropped), self.unusable_counts(), counts, repaired_clips)
 
     def check_ceiling(self, max_bad_fraction: float) -> None:
         """Raises UnusableData when more than `max_bad_fraction` of the clips are unusable, or none is usable."""
@@ -389,8 +470,42 @@ def ensure_health(root: str | Path, workers: int | None = None, progress: bool =
     if stale:
         entries = {**entries, **scan(root, stale, len(manifest["label_names"]), workers, progress)}
         folder = write_report(root, manifest, {shard["tar"]: entries[shard["tar"]] for shard in manifest["shards"]})
+    if apply_dropped(root, folder, entries):
+        folder = write_report(root, manifest, {shard["tar"]: entries[shard["tar"]] for shard in manifest["shards"]})
     shards = [shard_health(root, folder, shard, entries[shard["tar"]]) for shard in manifest["shards"]]
     return DataHealth(root, folder / REPORT, manifest, shards)
+
+
+def apply_dropped(root: Path, folder: Path, entries: dict[str, dict]) -> bool:
+    """Moves the usable clips that DALI's pipeline failed on in earlier runs (DROPPED beside the report, for the
+    shards as they are now) to the unusable ones; -> whether any moved."""
+    try:
+        lines = (folder / DROPPED).read_text().splitlines()
+    except OSError:
+        return False
+    moved = False
+    for line in lines:
+        try:
+            record = json.loads(line)
+            entry = entries[record["tar"]]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if record.get("stamp") != entry["tar"]:
+            continue  # the shard changed since: it was checked again
+        for position, clip in enumerate(entry["usable"]):
+            if clip[0] == record["line"]:
+                del entry["usable"][position]
+                entry["bad"].append({"line": record["line"], "key": record["key"], "kind": PIPELINE_KIND,
+                                     "detail": record["detail"]})
+                entry["bad"].sort(key=lambda bad: bad["line"])
+                moved = True
+                break
+    return moved
+
+
+def shard_entry(manifest: dict, tar: Path, root: Path) -> dict:
+    name = tar.relative_to(root).as_posix()
+    return next(shard for shard in manifest["shards"] if shard["tar"] == name)
 
 
 def shard_health(root: Path, folder: Path, shard: dict, entry: dict) -> ShardHealth:

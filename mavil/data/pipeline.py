@@ -29,6 +29,8 @@ short clip stays at its end), the Kaldi-exact fbank of each clip (mean removed o
 from __future__ import annotations
 
 import math
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,6 +47,10 @@ if TYPE_CHECKING:  # the health check is imported where a loader starts: it load
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+VIDEO_EXTS = ("webm", "mp4")  # as shards.VIDEO_EXTS, in the reader's order
+PLACE_BYTES = 4096  # a sample's place in its tar ("path:offset:name") as the order-only pipeline pads it
+PLACE = re.compile(r'"([^"]+):(\d+):([^":]+)"')  # how DALI's errors name the sample they failed on
+PREFETCH = 2  # DALI's iterator runs this many batches ahead: an error may surface a batch or two early
 
 
 @dataclass
@@ -101,31 +107,35 @@ class ClipIndex:
         return decode_meta(self.read(clip, ("json",)).tobytes())
 
 
-def _clip_source(index: ClipIndex, clips: list[int]):
-    """DALI external source (per sample): the members of clips[i] for the i-th sample of the epoch."""
-    def source(info):
-        if info.idx_in_epoch >= len(clips):
-            raise StopIteration
-        clip = clips[info.idx_in_epoch]
-        return index.read(clip, ("webm", "mp4")), index.read(clip, ("flac",)), index.read(clip, ("json",))
-    return source
+def _batch_source(index: ClipIndex, batches: list[list[int]]):
+    """DALI external source (per batch): the members of the clips of each batch in turn, then StopIteration."""
+    for batch in batches:
+        yield tuple([index.read(clip, exts) for clip in batch] for exts in (VIDEO_EXTS, ("flac",), ("json",)))
 
 
 def _dali_pipeline(paths: list[str], index_paths: list[str], spec: LoaderSpec, shard_id: int, num_shards: int,
-                   seed: int, device_id: int | None, source=None):
+                   seed: int, device_id: int | None, source=None, order_only: bool = False):
+    """The loader's pipeline: from the webdataset reader, or from `source` (per batch); `order_only`: the reader
+    alone, reading the .json members only and giving each sample's place ("tar:offset:name", zero-padded to
+    PLACE_BYTES): the very order of the full pipeline's reader (same seed, split and shuffle), without decoding."""
     from nvidia.dali import fn, pipeline_def, types
 
     on_gpu = device_id is not None
 
     @pipeline_def(batch_size=spec.batch_size, num_threads=spec.num_threads, device_id=device_id, seed=seed)
     def pipeline():
+        if order_only:
+            meta = fn.readers.webdataset(
+                paths=paths, index_paths=index_paths, ext=["json"], name="reader", shard_id=shard_id,
+                num_shards=num_shards, random_shuffle=spec.train, initial_fill=spec.shuffle_buffer, pad_last_batch=True)
+            return fn.pad(fn.get_property(meta, key="source_info"), axes=[0], shape=[PLACE_BYTES])
         if source is None:
             video, audio, meta = fn.readers.webdataset(
                 paths=paths, index_paths=index_paths, ext=["webm;mp4", "flac", "json"], name="reader",
                 shard_id=shard_id, num_shards=num_shards, random_shuffle=spec.train,
                 initial_fill=spec.shuffle_buffer, pad_last_batch=True, missing_component_behavior="error")
         else:
-            video, audio, meta = fn.external_source(source=source, num_outputs=3, batch=False, dtype=types.UINT8)
+            video, audio, meta = fn.external_source(source=source, num_outputs=3, batch=True, dtype=types.UINT8)
         frames = fn.decoders.video(video, device="mixed" if on_gpu else "cpu")  # (n, H, W, 3) uint8
         clip = _window(fn, types, frames, spec)
         clip = _augment(fn, types, clip, spec)
@@ -194,44 +204,203 @@ class Loader:
     With `clips` (this rank's clip numbers for an epoch, numbering the usable clips in manifest order, e.g.
     weighted draws) the loader reads exactly those clips in that order instead, whole batches only (a partial last
     batch is left out). Only usable clips are read (`health`: the directory's `DataHealth`, checked here if None).
+
+    A clip that the health check accepts (PyAV decodes it) but DALI fails on (say H.264 on a CPU-only DALI) fails
+    its whole batch. The loader then finds it: DALI's error names the sample where the reader gave it; otherwise
+    each clip of the batch is decoded alone. The clip is dropped (`DataHealth.drop`: counted as
+    decode_failed_in_pipeline, left out by the next epochs' loaders and by the next health check), and the batch is
+    decoded again without it: one clip fewer, never another clip in its place, so every other clip is still read
+    exactly once and every rank yields the `len(loader)` batches it announced (the engine's step count holds). A
+    batch that loses every clip is replaced by a repeat of a neighbouring batch. After a failure the reader's order
+    is followed by a second, order-only reader (the same seed, split and shuffle, reading the .json members only),
+    and the clips are decoded through an external source in that order.
     """
 
     def __init__(self, root: str | Path, spec: LoaderSpec, rank: int = 0, world_size: int = 1, seed: int = 0,
                  device: torch.device | str | None = None, clips: list[int] | None = None,
                  health: DataHealth | None = None):
         require("nvidia.dali.plugin.pytorch")  # a missing DALI is named with its pip requirement and install command
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
-
         from .health import ensure_health
 
         self.root, self.spec = Path(root), spec
         self.health = health or ensure_health(self.root, progress=False)
         self.label_names = self.health.manifest["label_names"]
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        device_id = (self.device.index or 0) if self.device.type == "cuda" else None
-        shards = self.health.usable_shards()
+        self._device_id = (self.device.index or 0) if self.device.type == "cuda" else None
+        self._rank, self._world, self._seed = rank, world_size, seed
+        shards = self.health.reader_shards()
         if not shards:
             raise ValueError(f"{self.root}: no usable clip (see {self.health.report})")
-        paths, index_paths = [str(tar) for tar, _ in shards], [str(index) for _, index in shards]
-        outputs = ["video", "wave", "length", "meta"]
+        self._paths, self._index_paths = [str(tar) for tar, _ in shards], [str(index) for _, index in shards]
+        self._index: ClipIndex | None = None  # made on first need: it maps every tar and parses every index line
+        self._places: dict[tuple[str, int], int] | None = None  # (tar, member offset) -> clip number
+        self._order = None  # after a reader failure: the order-only reader's epochs (lists of batches of clips)
+        self._epochs, self._rebuilds, self._failure = 0, 0, None
+        self._iterator, self._batches = None, None
         if clips is None:
-            pipe = _dali_pipeline(paths, index_paths, spec, rank, world_size, seed, device_id)
-            self._iterator = DALIGenericIterator(pipe, outputs, reader_name="reader",
-                                                 last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True)
+            try:
+                self._iterator = self._reader_iterator()
+                self._length = len(self._iterator)
+            except RuntimeError as error:  # the iterator decodes its first batch as it starts
+                self._failure = error
+                self._length = len(self._order_iterator())
         else:
             clips = list(clips)[: len(clips) // spec.batch_size * spec.batch_size]
-            source = _clip_source(ClipIndex(shards), clips)
-            pipe = _dali_pipeline(paths, index_paths, spec, rank, world_size, seed, device_id, source)
-            self._iterator = DALIGenericIterator(pipe, outputs, size=len(clips), auto_reset=True,
-                                                 last_batch_policy=LastBatchPolicy.DROP)
+            self._batches = [clips[i:i + spec.batch_size] for i in range(0, len(clips), spec.batch_size)]
+            self._length = len(self._batches)
         self._shift = torch.Generator().manual_seed(seed * 1000 + rank)
 
     def __len__(self) -> int:
-        return len(self._iterator)
+        return self._length
 
     def __iter__(self):
-        for (outputs,) in self._iterator:
-            yield self._finish(outputs)
+        if self._batches is not None:
+            yield from self._decoded(self._batches)
+            return
+        epoch, done = self._epochs, 0
+        self._epochs += 1
+        if self._order is None and self._failure is None:
+            try:
+                for (outputs,) in self._iterator:
+                    yield self._finish(outputs)
+                    done += 1
+                return
+            except RuntimeError as error:
+                self._failure = error
+        if self._order is None:  # the first failure: the order-only reader catches up to this epoch
+            self._order = self._order_epochs()
+            for _ in range(epoch):
+                next(self._order)
+        batches = next(self._order)[done:]
+        if self._failure is not None:
+            self._drop_named(self._failure, batches)
+            self._failure, self._iterator = None, None  # DALI's pipeline is no longer valid after an error
+        yield from self._decoded(batches)
+
+    # the normal path and the order-only reader
+    def _reader_iterator(self):
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        pipe = _dali_pipeline(self._paths, self._index_paths, self.spec, self._rank, self._world, self._seed,
+                              self._device_id)
+        return DALIGenericIterator(pipe, ["video", "wave", "length", "meta"], reader_name="reader",
+                                   last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True)
+
+    def _order_iterator(self):
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        pipe = _dali_pipeline(self._paths, self._index_paths, self.spec, self._rank, self._world, self._seed, None,
+                              order_only=True)
+        return DALIGenericIterator(pipe, ["place"], reader_name="reader", last_batch_policy=LastBatchPolicy.PARTIAL,
+                                   auto_reset=True)
+
+    def _order_epochs(self):
+        """Epoch after epoch: the reader's batches as lists of clip numbers."""
+        iterator = self._order_iterator()
+        while True:
+            yield [[self._clip_at(*self._place(row)[:2]) for row in outputs["place"]] for (outputs,) in iterator]
+
+    @staticmethod
+    def _place(row: torch.Tensor) -> tuple[str, int, str]:
+        path, offset, name = row.numpy().tobytes().rstrip(b"\0").decode().rsplit(":", 2)
+        return path, int(offset), name
+
+    def _clip_index(self) -> ClipIndex:
+        if self._index is None:
+            self._index = ClipIndex(self.health.usable_shards())
+        return self._index
+
+    def _clip_at(self, tar: str, offset: int) -> int | None:
+        """The number of the clip with a member at `offset` of `tar`; None for none."""
+        if self._places is None:
+            index, tars = self._clip_index(), [str(tar) for tar, _ in self.health.usable_shards()]
+            self._places = {(tars[shard], member_offset): clip for clip, members in enumerate(index.members)
+                            for shard, member_offset, _ in members.values()}
+        return self._places.get((tar, offset))
+
+    # decoding given batches, dropping the clips DALI fails on
+    def _decoded(self, batches: list[list[int]]):
+        """Finished batches of the given clips (one per batch: `len(batches)` of them), each without the clips
+        DALI fails on (dropped, see the class)."""
+        batches = [[clip for clip in batch if clip not in self.health.dropped] for batch in batches]
+        last, owed, start = None, 0, 0
+        while start < len(batches):
+            if not batches[start]:  # every clip of it dropped: a neighbour's repeat keeps the batch count
+                start += 1
+                if last is None:
+                    owed += 1
+                else:
+                    yield last
+                continue
+            run = batches[start:]
+            run = run[: next((i for i, batch in enumerate(run) if not batch), len(run))]
+            try:
+                for outputs in self._source_batches(run):
+                    last = self._finish(outputs)
+                    start += 1
+                    for _ in range(owed + 1):
+                        yield last
+                    owed = 0
+            except RuntimeError as error:
+                self._isolate(error, batches, start)
+        if owed:
+            raise RuntimeError(f"{self.root}: DALI failed on every clip of this rank's part ({self.health.report})")
+
+    def _source_batches(self, batches: list[list[int]]):
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        self._rebuilds += 1  # a rebuilt pipeline draws new augmentations, not the first pipeline's again
+        pipe = _dali_pipeline(self._paths, self._index_paths, self.spec, self._rank, self._world,
+                              self._seed + 7919 * self._rebuilds, self._device_id,
+                              _batch_source(self._clip_index(), batches))
+        for (outputs,) in DALIGenericIterator(pipe, ["video", "wave", "length", "meta"],
+                                              last_batch_policy=LastBatchPolicy.PARTIAL):
+            yield outputs
+
+    def _drop_named(self, error: Exception, batches: list[list[int]]) -> bool:
+        """Drops the clip DALI's error names, where it is one of `batches` (removed from it); -> whether it was."""
+        match = PLACE.search(str(error))
+        clip = self._clip_at(match[1], int(match[2])) if match else None
+        for batch in batches:
+            if clip is not None and clip in batch:
+                self._drop(clip, error)
+                batch.remove(clip)
+                return True
+        return False
+
+    def _isolate(self, error: Exception, batches: list[list[int]], start: int) -> None:
+        """After DALI failed on batches[start] (or one of the next PREFETCH): drops the clips that fail alone."""
+        if self._drop_named(error, batches[start:start + PREFETCH + 1]):
+            return
+        for batch in batches[start:start + PREFETCH + 1]:
+            failing = [clip for clip in batch if not self._decodes(clip)]
+            for clip in failing:
+                self._drop(clip, error)
+                batch.remove(clip)
+            if failing:
+                return
+        raise RuntimeError(f"{self.root}: DALI failed on a batch, and on none of its clips alone") from error
+
+    def _decodes(self, clip: int) -> bool:
+        """Whether DALI's pipeline decodes `clip` alone."""
+        pipe = _dali_pipeline(self._paths, self._index_paths, self.spec, self._rank, self._world, self._seed,
+                              self._device_id, _batch_source(self._clip_index(), [[clip]]))
+        try:
+            pipe.build()
+            pipe.run()
+            return True
+        except RuntimeError:
+            return False
+        finally:
+            del pipe
+
+    def _drop(self, clip: int, error: Exception) -> None:
+        reason = next((line.strip() for line in str(error).splitlines() if "failed" in line.lower()),
+                      str(error).splitlines()[-1] if str(error) else type(error).__name__)
+        self.health.drop(clip, reason[:300])
+        key = self._clip_index().meta(clip)["key"]
+        print(f"data: DALI failed to decode clip {key} ({reason[:200]}): left out of its batch and of later "
+              f"epochs; counted as decode_failed_in_pipeline", file=sys.stderr, flush=True)
 
     def _finish(self, outputs: dict) -> dict:
         metas = [decode_meta(row.cpu().numpy().tobytes()) for row in outputs["meta"]]
