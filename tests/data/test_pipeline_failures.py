@@ -3,11 +3,8 @@ decoder cannot read. Its batch is decoded again without it, it is counted as dec
 of later epochs and checks, every other clip is still read once per epoch, and the batch count holds."""
 from __future__ import annotations
 
-import io
 from collections import Counter
 
-import av
-import numpy as np
 import pytest
 
 from mavil.data.encode import encode_audio, encode_video
@@ -15,23 +12,12 @@ from mavil.data.health import PIPELINE_KIND, Windows, ensure_health
 from mavil.data.pipeline import Loader, LoaderSpec
 from mavil.data.shards import ShardWriter, write_manifest
 
+from ..reliability.faults import encode_h264
 from .test_pipeline import moving_square, noise_and_tone
 
 REJECTED = "clip003"
 KEYS = [f"clip{i:03d}" for i in range(7)]
 GOOD = [key for key in KEYS if key != REJECTED]
-
-
-def encode_h264(frames: np.ndarray) -> bytes:
-    """(T, H, W, 3) uint8 -> H.264 in MP4 at 2 fps: PyAV decodes it, DALI decodes it on a GPU only."""
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=2)
-        stream.height, stream.width, stream.pix_fmt = *frames.shape[1:3], "yuv420p"
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-    return buffer.getvalue()
 
 
 @pytest.fixture()

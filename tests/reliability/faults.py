@@ -166,3 +166,34 @@ def build_verified_fault_set(root: Path) -> FaultSet:
     os.truncate(tar, offset + 1000)
     good = [key for key in keys if key not in UNUSABLE]
     return FaultSet(root, good, [key for key in keys if key in UNUSABLE])
+
+
+def encode_h264(frames: np.ndarray, fps: int = 2) -> bytes:
+    """(T, H, W, 3) uint8 -> H.264 in MP4: PyAV decodes it (the health check accepts it), DALI decodes it on a GPU
+    only (its CPU video decoder reads VP9 and MJPEG), so a CPU pipeline rejects it."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.height, stream.width, stream.pix_fmt = *frames.shape[1:3], "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return buffer.getvalue()
+
+
+def build_rejected_set(root: Path, clips: int = 16, rejected: int = 5) -> FaultSet:
+    """`clips` good synthetic clips (4 s), clip `rejected` stored as H.264 (.mp4): a clip the health check accepts
+    and a CPU DALI pipeline rejects. FaultSet.bad holds its key."""
+    writer = ShardWriter(root, PER_SHARD)
+    keys = []
+    for index in range(clips):
+        key, video, audio, meta = make_clip(index, CLASSES, SEED, DURATION)
+        if index == rejected:
+            with av.open(io.BytesIO(video)) as container:
+                frames = np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+            writer.add(key, encode_h264(frames), "mp4", audio, meta)
+        else:
+            writer.add(key, video, "webm", audio, meta)
+        keys.append(key)
+    write_manifest(root, writer.close(), [f"class-{k:02d}" for k in range(CLASSES)], {}, skipped=[])
+    return FaultSet(root, [key for i, key in enumerate(keys) if i != rejected], [keys[rejected]])

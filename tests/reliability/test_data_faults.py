@@ -27,7 +27,7 @@ from mavil.model.classifier import Classifier
 from ..conftest import REPO, tiny_config
 from ..engine.launcher import launch, metrics
 from .faults import (CLASSES, DURATION, LAYOUT, REPAIRED, SEED, UNUSABLE, FaultSet, build_fault_set,
-                     build_verified_fault_set)
+                     build_rejected_set, build_verified_fault_set)
 
 TINY = Windows(sample_rate=16000, audio_frames=384, video_frames=4)  # configs/tiny's windows
 TINY_REPAIRS = {"audio_resampled": 1, "audio_downmixed": 1, "short_audio": 1, "short_video": 0}
@@ -217,3 +217,22 @@ def test_clips_broken_after_prepare_recorded_them_are_decoded_not_trusted(faults
     assert [shard.usable for shard in health.shards] == [shard.usable for shard in classic.shards]
     assert health.tally(TINY) == classic.tally(TINY)
     assert [shard.decoded for shard in health.shards] == [2, 2, 1]  # the broken clips only: the rest from the record
+
+
+def test_a_deepspeed_run_leaves_out_a_clip_dali_rejects_and_uses_every_other_once_per_epoch(tmp_path):
+    # 16 clips, one H.264 (the health check accepts it, a CPU DALI pipeline rejects it); 2 ranks x 2 micro-batches of
+    # 4 per epoch: in epoch 0 its batch goes on with 3 clips, in epoch 1 the loaders split the 15 left (8 and 7)
+    rejected = build_rejected_set(tmp_path / "set")
+    run_dir = launch(tmp_path, "rejected", f"data.root={rejected.root}", "train.record_keys=true",
+                     "train.micro_batch=4", "train.global_batch=8", "train.epochs=2", "train.checkpoint_every=0")
+    records = [json.loads(line) for rank in (0, 1) for line in (run_dir / f"keys-rank{rank}.jsonl").read_text().splitlines()]
+    for epoch in (0, 1):
+        used = Counter(key for record in records if record["epoch"] == epoch for key in record["keys"])
+        assert used == Counter(rejected.good), epoch
+        assert len([record for record in records if record["epoch"] == epoch]) == 4  # 2 per rank, as announced
+    events = metrics(run_dir, "data_health")
+    assert [line["data_decode_failed_in_pipeline"] for line in events] == [1, 1]
+    assert all(line["data_used"] == 15 and line["data_skipped"] == 1 for line in events)
+    output = (tmp_path / "rejected.log").read_text()
+    assert f"DALI failed to decode clip {rejected.bad[0]}" in output
+    assert "15 of 16 clips used, 1 skipped (decode_failed_in_pipeline 1)" in output
