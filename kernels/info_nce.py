@@ -24,7 +24,12 @@ import triton.language as tl
 from ._checks import expect_shape
 from ._dispatch import new_output, use_triton
 
-BLOCK_ROWS, BLOCK_H = 32, 64
+# Tiles: 32 queries x 32 keys, H read in chunks of BLOCK_H; 4 warps. fp32 inputs take IEEE products on CUDA cores,
+# where tl.dot holds each thread's share of both operands in registers: chunks of 64 made the keys' backward use
+# 255 registers and spill 260-370 bytes per thread on sm_80 and sm_90; chunks of 16 keep all three kernels at
+# 80-106 registers without spills (python -m bench.kernels --compile-only; docs/kernels.md).
+BLOCK_ROWS = 32
+BLOCK_H_TF32, BLOCK_H_IEEE = 64, 16
 
 
 def info_nce_reference(x: torch.Tensor, y: torch.Tensor, tau: float, symmetric: bool = False, offset: int = 0) -> torch.Tensor:
@@ -137,7 +142,8 @@ class InfoNCE(torch.autograd.Function):
         lse = new_output((rows,), torch.float32, q.device)
         per_row = new_output((rows,), torch.float32, q.device)
         args = (rows, k.shape[0], dim, offset, 1.0 / tau)
-        meta = dict(IEEE=q.dtype == torch.float32, BLOCK_M=BLOCK_ROWS, BLOCK_N=BLOCK_ROWS, BLOCK_H=BLOCK_H)
+        ieee = q.dtype == torch.float32
+        meta = dict(IEEE=ieee, BLOCK_M=BLOCK_ROWS, BLOCK_N=BLOCK_ROWS, BLOCK_H=BLOCK_H_IEEE if ieee else BLOCK_H_TF32)
         _nce_fwd[(triton.cdiv(rows, BLOCK_ROWS),)](q, k, lse, per_row, *args, **meta)
         ctx.save_for_backward(q, k, lse)
         ctx.args, ctx.meta = args, meta
