@@ -7,6 +7,10 @@ masked tokens are one pass. Backward: x's gradient is the output gradient scatte
 ids_keep; pos's (when it requires grad) the sum of those over the batch. The Triton backward runs
 one program per (token, channel block) and loops over the batch, so it writes every element of
 x's gradient exactly once and reduces pos's without atomics (deterministic).
+
+x may be any strided (B, N, D) view, but only a last dim of stride 1 reads fast: Triton then specialises
+stride_xd to 1 and each thread loads its channels with vector loads; a transposed view (stride_xd = N)
+takes one scalar load per element. The patch embedding hands over contiguous tokens for this reason.
 """
 from __future__ import annotations
 

@@ -28,7 +28,9 @@ class PatchEmbed(nn.Module):
         if tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"patch embedding expects input (B, {', '.join(map(str, self.input_shape))}), "
                              f"got {tuple(x.shape)}")
-        return self.proj(x).flatten(2).transpose(1, 2)
+        # (B, dim, *grid) -> (B, N, dim), copied once so that each token's dim values are contiguous: masked_gather
+        # then reads them with vector loads (a transposed view would leave it scalar loads strided by N)
+        return self.proj(x).flatten(2).transpose(1, 2).contiguous()
 
 
 def patchify(x: torch.Tensor, patch: tuple[int, ...]) -> torch.Tensor:
