@@ -1,6 +1,12 @@
 """Each kernel against its PyTorch reference at MAViL's real sizes, measured side by side in one run.
 
     python -m bench.kernels [--repeats 10] [--all]
+    python -m bench.kernels --compile-only
+
+--compile-only measures no time: it compiles every Triton kernel for sm_80 (A100) and sm_90 (H100/H200)
+without a GPU, driving the public functions at the paper's sizes (mavil.kernels.compile_targets) and the
+stage-1 model's own calls (`model_cases`), and writes registers, spill bytes and shared memory per kernel,
+target, dtype and size to bench/results/kernels-sm80-sm90.json, printing the markdown table.
 
 Per op and size: forward and forward+backward time on each path, the speed-up of Triton over the
 reference, achieved GB/s of the memory-bound ops (the bytes an ideal implementation must move)
@@ -12,16 +18,19 @@ is then skipped unless --all. Results: bench/results/kernels-<cpu|cuda>.json.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 from mavil.kernels import info_nce, masked_gather, masked_mse, masked_restore
 
-from .common import copy_bandwidth, median_seconds, peak_extra_bytes, write_result
+from .common import RESULTS, copy_bandwidth, git_commit, median_seconds, peak_extra_bytes, write_result
 
 B = 64  # per-GPU batch of the throughput targets
 
@@ -46,8 +55,8 @@ def _ids(batch, tokens, keep, device):
 
 
 def gather_case(tokens, keep, dim, device, dtype) -> Case:
-    # as the encoders call it: the patch embedding's transposed output, a fixed position buffer
-    x = torch.randn(B, dim, tokens, device=device, dtype=dtype).transpose(1, 2).requires_grad_()
+    # as the encoders call it: the patch embedding's (B, N, D) tokens, a fixed position buffer
+    x = torch.randn(B, tokens, dim, device=device, dtype=dtype, requires_grad=True)
     pos = torch.randn(tokens, dim, device=device)
     ids_keep, _ = _ids(B, tokens, keep, device)
     e = x.element_size()
@@ -95,6 +104,35 @@ def cases(device, dtype, include_16k: bool) -> list[Case]:
     if include_16k:
         built.append(nce_case(16384, 768, device, dtype))
     return built
+
+
+MODEL_BATCH = 2  # the model path's batch: its conv and blocks run on the CPU
+
+
+def model_cases() -> list:
+    """The stage-1 model at the paper's widths and sizes, one block per stack, forward and backward, in fp32 and in
+    DeepSpeed's bf16 (parameters cast one by one, buffers such as the sin-cos positions left fp32): each kernel
+    launched the way the model launches it, e.g. masked_gather on the patch embedding's own tokens."""
+    from mavil.config import load_config
+    from mavil.kernels.compile_targets import Case
+    from mavil.model import MAViL
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    cfg = load_config(configs / "stage1.json",
+                      ["model.encoder_depth=1", "model.fusion_depth=1", "model.decoder_depth=1"]).model
+
+    def run(dtype):
+        torch.manual_seed(0)
+        model = MAViL(cfg)
+        for p in model.parameters():
+            p.data = p.data.to(dtype)
+        audio = torch.zeros(MODEL_BATCH, 1, cfg.audio_frames, cfg.audio_mel_bins, dtype=dtype)
+        video = torch.zeros(MODEL_BATCH, 3, cfg.video_frames, cfg.video_size, cfg.video_size, dtype=dtype)
+        model(audio, video)["loss"].backward()
+
+    shape = f"stage 1, B={MODEL_BATCH}, 1 block per stack"
+    return [Case("MAViL", shape, "fp32", lambda: run(torch.float32)),
+            Case("MAViL", shape, "bf16+fp32 pos", lambda: run(torch.bfloat16))]
 
 
 @contextmanager
@@ -148,11 +186,64 @@ def run_case(case: Case, modes: list[str], device, dtype, repeats: int, bandwidt
     return record
 
 
+def _spill(row: dict) -> str:
+    return "0" if not (row["spill_stores"] or row["spill_loads"]) else f"{row['spill_stores']}/{row['spill_loads']}"
+
+
+def compile_table(rows: list[dict]) -> str:
+    """Markdown: one line per kernel, dtype and result, the cases that share it listed together."""
+    targets = sorted({row["capability"] for row in rows})
+    by_case: dict[tuple, dict] = {}
+    for row in rows:
+        by_case.setdefault((row["kernel"], row["dtype"], f"{row['op']} {row['shape']}"), {})[row["capability"]] = row
+    groups: dict[tuple, list[str]] = {}
+    for (kernel, dtype, case), per_target in by_case.items():
+        cells = tuple(f"{r['registers']} / {_spill(r)} / {r['shared']}" if "error" not in r else "error"
+                      for r in (per_target.get(t) for t in targets) if r is not None)
+        groups.setdefault((kernel, dtype, cells), []).append(case)
+    head = "| kernel | dtype | cases | " + " | ".join(f"sm_{t}: regs / spill B / smem B" for t in targets) + " |"
+    lines = [head, "|" + "---|" * (3 + len(targets))]
+    for (kernel, dtype, cells), cases in groups.items():
+        lines.append(f"| `{kernel}` | {dtype} | {'; '.join(cases)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def compile_only() -> int:
+    """--compile-only: every kernel compiled for sm_80 and sm_90 without a GPU; results/kernels-sm80-sm90.json."""
+    import triton
+
+    from mavil.kernels.compile_targets import TARGETS, compile_in_subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    result = compile_in_subprocess(tuple(TARGETS), cases="bench.kernels:model_cases", cwd=str(repo))
+    rows = [{k: v for k, v in row.items() if k != "ptx_key"} for row in result["rows"]]
+    record = {"device": "none: compiled for " + ", ".join(TARGETS.values()), "torch": torch.__version__,
+              "triton": triton.__version__, "commit": git_commit(),
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "columns": {"registers": "per thread (ptxas -v)", "spill_stores/spill_loads": "bytes per thread",
+                          "shared": "bytes of shared memory per program (Triton's launch request)"},
+              "rows": rows}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "kernels-sm80-sm90.json"
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    print(compile_table(rows))
+    failed = [row for row in rows if "error" in row or row["spill_stores"] or row["spill_loads"]]
+    for row in failed:
+        print(f"FAILED: sm_{row['capability']} {row['kernel']} {row['op']} {row['shape']} {row['dtype']}: "
+              f"{row.get('error') or 'spills ' + _spill(row)}")
+    print(f"results: {path}")
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--all", action="store_true", help="also the 16k-row InfoNCE on the CPU")
+    parser.add_argument("--compile-only", action="store_true",
+                        help="no timing: compile every kernel for sm_80 and sm_90, report registers and spills")
     args = parser.parse_args(argv)
+    if args.compile_only:
+        return compile_only()
     on_gpu = torch.cuda.is_available()
     device = torch.device("cuda" if on_gpu else "cpu")
     dtype = torch.bfloat16 if on_gpu else torch.float32

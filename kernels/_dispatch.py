@@ -16,6 +16,9 @@ MODES = ("auto", "reference", "triton")
 # Set by tests: Triton outputs start as NaN instead of uninitialised memory, so an element a kernel
 # fails to write shows up as a mismatch.
 POISON_OUTPUTS = False
+# Set by `compile_targets.compile_only`: CPU tensors take the Triton path, whose launches then compile for a GPU
+# target (Triton's active driver is a stand-in) instead of running.
+COMPILE_ONLY = False
 
 
 def prepare_interpreter() -> None:
@@ -31,6 +34,8 @@ def use_triton(tensor: torch.Tensor) -> bool:
     mode = os.environ.get("MAVIL_KERNELS", "auto")
     if mode not in MODES:
         raise ValueError(f"MAVIL_KERNELS={mode!r}: must be one of {list(MODES)}")
+    if COMPILE_ONLY:
+        return True
     if mode == "reference":
         return False
     if mode == "auto":
