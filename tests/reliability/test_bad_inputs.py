@@ -416,8 +416,9 @@ def test_the_table_in_docs_is_what_the_entry_points_print(outcomes):
 
 
 def test_good_inputs_pass_the_same_checks(tmp_path, monkeypatch):
-    """The checks refuse only what cannot run: the tiny stage-2 config with its own teacher, and video fine-tuning
-    from a teacher whose audio input differs (only the encoders the mode keeps are compared)."""
+    """The checks refuse only what cannot run: the tiny stage-2 config with its own teacher, video fine-tuning
+    from a teacher whose audio input differs (only the encoders the mode keeps are compared), and a run trained
+    on a GPU evaluated with --device cpu on a machine without one."""
     build_scratch(tmp_path)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("RANK", raising=False)
@@ -426,4 +427,10 @@ def test_good_inputs_pass_the_same_checks(tmp_path, monkeypatch):
                                                          "data.root=shards/good", "finetune.eval_root=shards/good"])
     assert cfg.finetune.init == "files/short-audio.safetensors"
     assert checked_run(Path("runs/finetuned"), Path("shards/good")).finetune.mode == "audio"
+    on_gpu = json.loads(Path("runs/finetuned/config.json").read_text())
+    on_gpu["train"]["device"] = "cuda"
+    write_json(Path("runs/gpu/config.json"), on_gpu)
+    Path("runs/gpu/model.safetensors").write_bytes(Path("runs/finetuned/model.safetensors").read_bytes())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert checked_run(Path("runs/gpu"), Path("shards/good"), "cpu").train.device == "cpu"
     assert not (tmp_path / "run").exists()
