@@ -1,8 +1,8 @@
 """Data health: which clips of a shard directory can be used as they are, which need a repair, which are skipped.
 
-DALI fails a whole batch when one of its samples fails to decode, and cannot say which, so broken clips must be
-found before DALI sees them. `ensure_health(root)` checks every clip the DALI index files list, once (the result is
-cached), and every loader reads only the usable clips:
+DALI fails a whole batch when one of its samples fails to decode, so broken clips are best found before DALI sees
+them. `ensure_health(root)` checks every clip the DALI index files list, once (the result is cached), and every
+loader reads only the usable clips:
 
   checked per clip  its members are listed (video, .flac, .json) and lie inside the tar (a truncated tar loses the
                     clips past its end); the metadata parses; the video decodes with PyAV to at least one frame; the
@@ -30,6 +30,12 @@ cached), and every loader reads only the usable clips:
                     (`ClipIndex`, `Loader(clips=...)`, the weighted draws) count the usable clips in manifest order.
   the ceiling       `DataHealth.check_ceiling(max_bad_fraction)` refuses a set whose unusable fraction is above
                     data.max_bad_fraction, naming the directory, the counts per kind and the report.
+  in the pipeline  a clip PyAV decodes and DALI does not (H.264 on a CPU-only DALI, a stream DALI's decoder
+                    refuses) is found by the loader when DALI fails its batch (`pipeline.Loader`): `DataHealth.drop`
+                    appends it to health-dropped.jsonl beside the report (every rank, under a lock); the run's tallies
+                    count it as decode_failed_in_pipeline, later loaders of the run leave it out (`reader_shards`),
+                    and the next `ensure_health` moves it to the unusable clips of the report (until its shard
+                    changes and is checked again).
 
     python -m mavil.data.health DIR [--workers N]      # check (or re-read) a set and print its counts
 
@@ -267,7 +273,7 @@ class DataHealth:
         try:
             lines = (self.report.parent / DROPPED).read_text().splitlines()
         except OSError:
-            lines = []
+            return records
         stamps = {shard.tar.relative_to(self.root).as_posix(): shard for shard in self.shards}
         for line in lines:
             try:
@@ -295,10 +301,17 @@ class DataHealth:
     def dropped_in_run(self) -> set[tuple[str, int]]:
         """(tar, line) of the usable clips that a pipeline dropped since the check (this process's and other
         ranks')."""
-        usable = {(shard.tar.relative_to(self.root).as_posix(), line) for shard, line in self.numbered()}
-        here = {(shard.tar.relative_to(self.root).as_posix(), line)
-                for shard, line in (self.numbered()[clip] for clip in self.dropped)}
-        return (set(self.dropped_records()) & usable) | here
+        dropped = {(shard.tar.relative_to(self.root).as_posix(), line)
+                   for shard, line in (self.numbered()[clip] for clip in self.dropped)}
+        records = self.dropped_records()
+        if records:
+            shards = {shard.tar.relative_to(self.root).as_posix(): shard for shard in self.shards}
+            usable: dict[str, set[int]] = {}
+            for name, line in records:
+                lines = usable.setdefault(name, {clip[0] for clip in shards[name].usable})
+                if line in lines:
+                    dropped.add((name, line))
+        return dropped
 
     def tally(self, windows: Windows) -> Tally:
         counts, repaired_clips = dict.fromkeys(REPAIRED_KINDS, 0), 0

@@ -11,6 +11,8 @@ In DALI (CPU pipeline without CUDA; GPU decode and augmentation with it):
   together the ranks see every clip exactly once per epoch, disjointly), shuffled within a buffer of
   `shuffle_buffer` clips seeded by `seed`.
   The last batch of a rank is partial, never padded with repeats.
+  A clip that DALI fails to decode although the health check accepted it is dropped from its batch and from
+  later epochs, the batch count kept (see `Loader`, docs/data_health.md).
 - video: decode every frame of the clip (stored at 2 fps), take `video_frames` consecutive frames from a random
   start where a whole window fits, [0, frames - video_frames] (in evaluation the centre window, or `eval_clips`
   uniformly spaced windows for multi-clip inference); a clip shorter than the window starts anywhere in it and
@@ -259,14 +261,16 @@ class Loader:
             return
         epoch, done = self._epochs, 0
         self._epochs += 1
-        if self._order is None and self._failure is None:
+        while self._order is None and self._failure is None:
             try:
-                for (outputs,) in self._iterator:
-                    yield self._finish(outputs)
-                    done += 1
+                (outputs,) = next(self._iterator)
+            except StopIteration:  # the epoch's end (the iterator resets itself for the next)
                 return
-            except RuntimeError as error:
+            except RuntimeError as error:  # DALI failed this batch (or one it prefetched)
                 self._failure = error
+                break
+            yield self._finish(outputs)
+            done += 1
         if self._order is None:  # the first failure: the order-only reader catches up to this epoch
             self._order = self._order_epochs()
             for _ in range(epoch):
@@ -333,16 +337,20 @@ class Loader:
                     yield last
                 continue
             run = batches[start:]
-            run = run[: next((i for i, batch in enumerate(run) if not batch), len(run))]
-            try:
-                for outputs in self._source_batches(run):
-                    last = self._finish(outputs)
-                    start += 1
-                    for _ in range(owed + 1):
-                        yield last
-                    owed = 0
-            except RuntimeError as error:
-                self._isolate(error, batches, start)
+            outputs = self._source_batches(run[: next((i for i, batch in enumerate(run) if not batch), len(run))])
+            while True:
+                try:
+                    finished = next(outputs)
+                except StopIteration:
+                    break
+                except RuntimeError as error:  # DALI failed batches[start] (or one it prefetched): again without
+                    self._isolate(error, batches, start)  # the clips it fails on, from a new pipeline
+                    break
+                last = self._finish(finished)
+                start += 1
+                for _ in range(owed + 1):
+                    yield last
+                owed = 0
         if owed:
             raise RuntimeError(f"{self.root}: DALI failed on every clip of this rank's part ({self.health.report})")
 

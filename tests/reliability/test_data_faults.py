@@ -225,7 +225,8 @@ def test_a_deepspeed_run_leaves_out_a_clip_dali_rejects_and_uses_every_other_onc
     rejected = build_rejected_set(tmp_path / "set")
     run_dir = launch(tmp_path, "rejected", f"data.root={rejected.root}", "train.record_keys=true",
                      "train.micro_batch=4", "train.global_batch=8", "train.epochs=2", "train.checkpoint_every=0")
-    records = [json.loads(line) for rank in (0, 1) for line in (run_dir / f"keys-rank{rank}.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for rank in (0, 1)
+               for line in (run_dir / f"keys-rank{rank}.jsonl").read_text().splitlines()]
     for epoch in (0, 1):
         used = Counter(key for record in records if record["epoch"] == epoch for key in record["keys"])
         assert used == Counter(rejected.good), epoch
