@@ -62,7 +62,8 @@ def gather_case(tokens, keep, dim, device, dtype) -> Case:
     e = x.element_size()
     return Case("masked_gather", dict(B=B, N=tokens, K=keep, D=dim), lambda: masked_gather(x, ids_keep, pos),
                 torch.randn(B, keep, dim, device=device, dtype=dtype),
-                bytes_forward=2 * B * keep * dim * e + tokens * dim * 4, bytes_backward=(B * keep + B * tokens) * dim * e)
+                bytes_forward=2 * B * keep * dim * e + tokens * dim * 4,
+                bytes_backward=(B * keep + B * tokens) * dim * e)
 
 
 def restore_case(tokens, keep, dim, device, dtype) -> Case:
@@ -83,7 +84,8 @@ def mse_case(tokens, dim, norm_pix, device, dtype) -> Case:
     target = torch.randn(B, tokens, dim, device=device, dtype=dtype)
     mask = (torch.rand(B, tokens, device=device) < 0.8).float()
     e = pred.element_size()
-    return Case("masked_mse", dict(B=B, N=tokens, D=dim, norm_pix=norm_pix), lambda: masked_mse(pred, target, mask, norm_pix),
+    return Case("masked_mse", dict(B=B, N=tokens, D=dim, norm_pix=norm_pix),
+                lambda: masked_mse(pred, target, mask, norm_pix),
                 None, bytes_forward=2 * B * tokens * dim * e, bytes_backward=3 * B * tokens * dim * e)
 
 
@@ -98,7 +100,8 @@ def cases(device, dtype, include_16k: bool) -> list[Case]:
         gather_case(512, 102, 768, device, dtype), gather_case(784, 157, 768, device, dtype),
         restore_case(512, 102, 512, device, dtype), restore_case(784, 157, 512, device, dtype),
         restore_case(784, 157, 768, device, dtype),
-        mse_case(512, 256, True, device, dtype), mse_case(784, 1536, True, device, dtype), mse_case(784, 768, False, device, dtype),
+        mse_case(512, 256, True, device, dtype), mse_case(784, 1536, True, device, dtype),
+        mse_case(784, 768, False, device, dtype),
         nce_case(512, 768, device, dtype),
     ]
     if include_16k:
@@ -153,7 +156,8 @@ def measure(case: Case, mode: str, device, repeats: int, bandwidth: float) -> di
         forward = median_seconds(case.forward, device, repeats=repeats)
         step = median_seconds(case.step, device, repeats=repeats)
         memory = peak_extra_bytes(case.step, device)
-    result = {"forward_ms": forward * 1e3, "forward_backward_ms": step * 1e3, "peak_extra_MiB": memory and memory / 2**20}
+    result = {"forward_ms": forward * 1e3, "forward_backward_ms": step * 1e3,
+              "peak_extra_MiB": memory and memory / 2**20}
     if case.bytes_forward:
         backward = max(step - forward, 1e-9)
         result["forward_GBps"] = case.bytes_forward / forward / 1e9

@@ -32,7 +32,8 @@ BLOCK_ROWS = 32
 BLOCK_H_TF32, BLOCK_H_IEEE = 64, 16
 
 
-def info_nce_reference(x: torch.Tensor, y: torch.Tensor, tau: float, symmetric: bool = False, offset: int = 0) -> torch.Tensor:
+def info_nce_reference(x: torch.Tensor, y: torch.Tensor, tau: float, symmetric: bool = False,
+                       offset: int = 0) -> torch.Tensor:
     # x: (M, H), y: (Nk, H)  ->  ()
     x = F.normalize(x.float(), dim=-1)
     y = F.normalize(y.float(), dim=-1)
@@ -59,8 +60,10 @@ def _similarity(q_ptr, k_ptr, rows, cols, M, Nk, H, inv_tau, IEEE: tl.constexpr,
     sim = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for h0 in range(0, H, BLOCK_H):
         hs = h0 + tl.arange(0, BLOCK_H)
-        q = tl.load(q_ptr + rows[:, None].to(tl.int64) * H + hs[None, :], mask=(rows[:, None] < M) & (hs[None, :] < H), other=0.0)
-        k = tl.load(k_ptr + cols[:, None].to(tl.int64) * H + hs[None, :], mask=(cols[:, None] < Nk) & (hs[None, :] < H), other=0.0)
+        q = tl.load(q_ptr + rows[:, None].to(tl.int64) * H + hs[None, :],
+                    mask=(rows[:, None] < M) & (hs[None, :] < H), other=0.0)
+        k = tl.load(k_ptr + cols[:, None].to(tl.int64) * H + hs[None, :],
+                    mask=(cols[:, None] < Nk) & (hs[None, :] < H), other=0.0)
         sim += _dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), IEEE)
     return tl.where(cols[None, :] < Nk, sim * inv_tau, float("-inf"))
 
@@ -99,15 +102,18 @@ def _grad_sim(q_ptr, k_ptr, lse_ptr, rows, cols, M, Nk, H, offset, inv_tau, scal
 @triton.jit
 def _nce_bwd_queries(q_ptr, k_ptr, lse_ptr, scale_ptr, dq_ptr, M, Nk, H, offset, inv_tau, IEEE: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr):
-    """dq[rows] = sum over key blocks of dsim @ k, accumulated in the (fp32, zeroed) output: this program owns these rows."""
+    """dq[rows] = sum over key blocks of dsim @ k, accumulated in the (fp32, zeroed) output: this program owns these
+    rows."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     scale = tl.load(scale_ptr)
     for n0 in range(0, Nk, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
-        dsim = _grad_sim(q_ptr, k_ptr, lse_ptr, rows, cols, M, Nk, H, offset, inv_tau, scale, IEEE, BLOCK_M, BLOCK_N, BLOCK_H)
+        dsim = _grad_sim(q_ptr, k_ptr, lse_ptr, rows, cols, M, Nk, H, offset, inv_tau, scale, IEEE,
+                         BLOCK_M, BLOCK_N, BLOCK_H)
         for h0 in range(0, H, BLOCK_H):
             hs = h0 + tl.arange(0, BLOCK_H)
-            k = tl.load(k_ptr + cols[:, None].to(tl.int64) * H + hs[None, :], mask=(cols[:, None] < Nk) & (hs[None, :] < H), other=0.0)
+            k = tl.load(k_ptr + cols[:, None].to(tl.int64) * H + hs[None, :],
+                        mask=(cols[:, None] < Nk) & (hs[None, :] < H), other=0.0)
             out = dq_ptr + rows[:, None].to(tl.int64) * H + hs[None, :]
             inside = (rows[:, None] < M) & (hs[None, :] < H)
             acc = tl.load(out, mask=inside, other=0.0) + _dot(dsim, k.to(tl.float32), IEEE)
@@ -122,10 +128,12 @@ def _nce_bwd_keys(q_ptr, k_ptr, lse_ptr, scale_ptr, dk_ptr, M, Nk, H, offset, in
     scale = tl.load(scale_ptr)
     for m0 in range(0, M, BLOCK_M):
         rows = m0 + tl.arange(0, BLOCK_M)
-        dsim = _grad_sim(q_ptr, k_ptr, lse_ptr, rows, cols, M, Nk, H, offset, inv_tau, scale, IEEE, BLOCK_M, BLOCK_N, BLOCK_H)
+        dsim = _grad_sim(q_ptr, k_ptr, lse_ptr, rows, cols, M, Nk, H, offset, inv_tau, scale, IEEE,
+                         BLOCK_M, BLOCK_N, BLOCK_H)
         for h0 in range(0, H, BLOCK_H):
             hs = h0 + tl.arange(0, BLOCK_H)
-            q = tl.load(q_ptr + rows[:, None].to(tl.int64) * H + hs[None, :], mask=(rows[:, None] < M) & (hs[None, :] < H), other=0.0)
+            q = tl.load(q_ptr + rows[:, None].to(tl.int64) * H + hs[None, :],
+                        mask=(rows[:, None] < M) & (hs[None, :] < H), other=0.0)
             out = dk_ptr + cols[:, None].to(tl.int64) * H + hs[None, :]
             inside = (cols[:, None] < Nk) & (hs[None, :] < H)
             acc = tl.load(out, mask=inside, other=0.0) + _dot(tl.trans(dsim), q.to(tl.float32), IEEE)

@@ -59,7 +59,8 @@ def _gather_bwd(grad_out_ptr, rank_ptr, grad_x_ptr, grad_pos_ptr, B, N, K, D,
         kept = rank >= 0
         src = grad_out_ptr + (b * K + tl.where(kept, rank, 0)).to(tl.int64) * D
         grad = tl.load(src + cols, mask=inside & kept, other=0.0).to(tl.float32)
-        tl.store(grad_x_ptr + (b * N + token).to(tl.int64) * D + cols, grad.to(grad_x_ptr.dtype.element_ty), mask=inside)
+        tl.store(grad_x_ptr + (b * N + token).to(tl.int64) * D + cols, grad.to(grad_x_ptr.dtype.element_ty),
+                 mask=inside)
         if HAS_POS_GRAD:
             pos_acc += grad
     if HAS_POS_GRAD:

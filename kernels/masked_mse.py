@@ -30,7 +30,8 @@ def norm_pix_stats(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return target.mean(dim=-1, keepdim=True), (target.var(dim=-1, keepdim=True) + NORM_PIX_EPS).sqrt()
 
 
-def masked_mse_reference(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_pix: bool = False) -> torch.Tensor:
+def masked_mse_reference(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                         norm_pix: bool = False) -> torch.Tensor:
     # pred, target: (B, N, D), mask: (B, N)  ->  ()
     target = target.float()
     if norm_pix:
@@ -51,7 +52,8 @@ def _token_residual(pred_ptr, target_ptr, row, N, D, stride_pb, stride_pn, strid
     # compared as a block: Triton's interpreter cannot AND a block with a scalar comparison
     inside = (cols < D) & (tl.full([BLOCK_D], 0.0, tl.float32) != weight)
     pred = tl.load(pred_ptr + b.to(tl.int64) * stride_pb + n * stride_pn + cols, mask=inside, other=0.0).to(tl.float32)
-    target = tl.load(target_ptr + b.to(tl.int64) * stride_tb + n * stride_tn + cols, mask=inside, other=0.0).to(tl.float32)
+    target = tl.load(target_ptr + b.to(tl.int64) * stride_tb + n * stride_tn + cols, mask=inside,
+                     other=0.0).to(tl.float32)
     if NORM_PIX:
         mean = tl.sum(target, axis=0) / D
         centred = tl.where(inside, target - mean, 0.0)

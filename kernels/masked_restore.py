@@ -83,7 +83,8 @@ class MaskedRestore(torch.autograd.Function):
         out = new_output((batch, tokens, dim), x_vis.dtype, x_vis.device)
         pos_arg = pos.contiguous() if pos is not None else out  # never read without HAS_POS
         _restore_fwd[(batch * tokens,)](x_vis, ids_restore, mask_token.contiguous(), pos_arg, out, tokens, visible, dim,
-                                        x_vis.stride(0), x_vis.stride(1), HAS_POS=pos is not None, BLOCK_D=block_size(dim))
+                                        x_vis.stride(0), x_vis.stride(1), HAS_POS=pos is not None,
+                                        BLOCK_D=block_size(dim))
         ctx.save_for_backward(ids_restore)
         ctx.visible, ctx.x_dtype, ctx.mask_dtype = visible, x_vis.dtype, mask_token.dtype
         ctx.pos_dtype = pos.dtype if pos is not None else None
