@@ -21,6 +21,11 @@ Files that cannot be used (empty, not decodable, no video or no audio stream, lo
 skipped and listed in the manifest's "skipped" with the reason; downloads that are not there are listed in
 missing.txt.
 
+Every clip written is decoded back in the worker that encoded it, and what it decodes to (frames, samples, rate,
+channels), its labels and duration, and each member's size and sha256 are recorded beside its shard
+(shard-NNNNNN.verified.json, `mavil.data.verify`): `mavil.data.health` then checks the set without decoding it
+again, decoding only the clips whose bytes no longer match.
+
 Interruptions and parts: every finished shard is recorded in prepare-progress.jsonl beside prepare-state.json (the
 settings); a run given an --out that holds an unfinished run of the same settings resumes it (finished shards kept,
 the one being written redone) and refuses other settings, naming the first that differs. `--part K/N` prepares the
