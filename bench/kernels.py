@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -219,11 +220,15 @@ def compile_only() -> int:
     from mavil.kernels.compile_targets import TARGETS, compile_in_subprocess
 
     repo = Path(__file__).resolve().parents[1]
+    start = time.perf_counter()
     result = compile_in_subprocess(tuple(TARGETS), cases="bench.kernels:model_cases", cwd=str(repo))
-    rows = [{k: v for k, v in row.items() if k != "ptx_key"} for row in result["rows"]]
+    wall = time.perf_counter() - start
+    compiled = {row["ptx_key"]: row["compile_s"] for row in result["rows"] if "ptx_key" in row}  # once per kernel
+    rows = [{k: v for k, v in row.items() if k not in ("ptx_key", "compile_s")} for row in result["rows"]]
     record = {"device": "none: compiled for " + ", ".join(TARGETS.values()), "torch": torch.__version__,
               "triton": triton.__version__, "commit": git_commit(),
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "wall_s": round(wall, 1), "compile_s": round(sum(compiled.values()), 1),
               "columns": {"registers": "per thread (ptxas -v)", "spill_stores/spill_loads": "bytes per thread",
                           "shared": "bytes of shared memory per program (Triton's launch request)"},
               "rows": rows}
