@@ -40,8 +40,9 @@ loader reads only the usable clips:
     python -m mavil.data.health DIR [--workers N]      # check (or re-read) a set and print its counts
 
 Large sets are checked by a process pool (hashing where more than HASH_SERIAL_BELOW bytes, decoding where more than
-SERIAL_BELOW clips) with one progress bar; the engine lets rank 0 check while the other ranks wait, and a set checked
-beforehand with the command above starts at once.
+SERIAL_BELOW clips) with one progress bar; `ensure_health(root, distributed=True)`, called by every rank of a process
+group at once, splits the shards over the ranks too (rank 0 writes the report). A set checked beforehand with the
+command above starts at once.
 """
 from __future__ import annotations
 
@@ -388,7 +389,8 @@ def stale_shards(root: Path, manifest: dict, folder: Path | None, entries: dict)
     return [shard for shard in manifest["shards"] if not is_fresh(entries.get(shard["tar"]), root, shard, folder)]
 
 
-def scan(root: Path, shards: list[dict], classes: int, workers: int | None, progress: bool) -> dict[str, dict]:
+def scan(root: Path, shards: list[dict], classes: int, workers: int | None, progress: bool,
+         pool_size: int | None = None) -> dict[str, dict]:
     """Checks every clip of `shards` (labels must index `classes` classes) -> report entries by tar name.
 
     Two passes, each over a process pool where it is large: the clips that prepare (or synthetic) verified are
@@ -407,11 +409,12 @@ def scan(root: Path, shards: list[dict], classes: int, workers: int | None, prog
               file=sys.stderr, disable=not progress) as bar:
         hashed = sum(sum(size for size, _ in records[tar][clip_key(index_members(lines[tar][number]))]["members"]
                          .values()) for tar, number in recorded)
-        pool = workers if workers is not None else default_workers() if hashed >= HASH_SERIAL_BELOW else 1
+        cpus = pool_size or default_workers()  # the pool where one is worth starting
+        pool = workers if workers is not None else cpus if hashed >= HASH_SERIAL_BELOW else 1
         run_pass(root, lines, records, sizes, recorded, classes, pool, False, results, bar)
         rest = [(tar, number) for tar in lines for number in range(len(lines[tar]))
                 if results.get((tar, number), (None,))[0] is None]
-        pool = workers if workers is not None else default_workers() if len(rest) >= SERIAL_BELOW else 1
+        pool = workers if workers is not None else cpus if len(rest) >= SERIAL_BELOW else 1
         run_pass(root, lines, records, sizes, rest, classes, pool, True, results, bar)
     for tar in lines:
         for number in range(len(lines[tar])):
@@ -471,15 +474,23 @@ def write_report(root: Path, manifest: dict, entries: dict[str, dict]) -> Path:
     raise OSError(f"{root}: cannot write {REPORT} there nor into {report_dirs(root)[-1]}")
 
 
-def ensure_health(root: str | Path, workers: int | None = None, progress: bool = True) -> DataHealth:
+def ensure_health(root: str | Path, workers: int | None = None, progress: bool = True,
+                  distributed: bool = False) -> DataHealth:
     """The health of the shard directory `root`: read from its report where that is current, the shards that
     changed (or all, the first time) checked and the report rewritten. workers None: a process per CPU for large
-    sets, this process for small ones."""
+    sets, this process for small ones.
+
+    distributed: every rank of the initialised torch.distributed process group calls this at once; the shards to
+    check are split over the ranks (each with its node's CPUs shared by LOCAL_WORLD_SIZE ranks), their entries
+    gathered, rank 0 writes the report, and every rank returns the same health. Without a process group (or a
+    group of one) it is the plain call."""
     root = Path(root)
     manifest = read_manifest(root)
     reports = read_reports(root) or [(None, {})]
     folder, entries = min(reports, key=lambda report: len(stale_shards(root, manifest, *report)))  # ties: the first
     stale = stale_shards(root, manifest, folder, entries)
+    if stale and distributed and process_group_size() > 1:
+        return ensure_health_over_ranks(root, manifest, entries, stale, workers, progress)
     if stale:
         entries = {**entries, **scan(root, stale, len(manifest["label_names"]), workers, progress)}
         folder = write_report(root, manifest, {shard["tar"]: entries[shard["tar"]] for shard in manifest["shards"]})
@@ -487,6 +498,41 @@ def ensure_health(root: str | Path, workers: int | None = None, progress: bool =
         folder = write_report(root, manifest, {shard["tar"]: entries[shard["tar"]] for shard in manifest["shards"]})
     shards = [shard_health(root, folder, shard, entries[shard["tar"]]) for shard in manifest["shards"]]
     return DataHealth(root, folder / REPORT, manifest, shards)
+
+
+def process_group_size() -> int:
+    """The world size of the initialised torch.distributed process group; 1 without one."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def ensure_health_over_ranks(root: Path, manifest: dict, entries: dict, stale: list[dict], workers: int | None,
+                             progress: bool) -> DataHealth:
+    """ensure_health(distributed=True) where shards are to be checked: rank r checks stale[r::world] (its share of
+    the node's CPUs when large), the entries are gathered to every rank, rank 0 writes the report and every rank
+    then reads it."""
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    share = workers if workers is not None else max(1, default_workers() // local_ranks)
+    mine = scan(root, stale[rank::world], len(manifest["label_names"]), None, progress and rank == 0, pool_size=share)
+    gathered: list[dict | None] = [None] * world
+    dist.all_gather_object(gathered, mine)
+    for part in gathered:
+        entries = {**entries, **part}
+    failure = None
+    if rank == 0:
+        try:
+            write_report(root, manifest, {shard["tar"]: entries[shard["tar"]] for shard in manifest["shards"]})
+        except OSError as error:
+            failure = str(error)
+    outcome = [failure]
+    dist.broadcast_object_list(outcome, src=0)
+    if outcome[0] is not None:
+        raise OSError(outcome[0])
+    return ensure_health(root, workers, progress=False)  # the report rank 0 wrote: nothing left to check
 
 
 def apply_dropped(root: Path, folder: Path, entries: dict[str, dict]) -> bool:
