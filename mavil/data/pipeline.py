@@ -366,25 +366,23 @@ class Loader:
             yield outputs
 
     def _drop_named(self, error: Exception, batches: list[list[int]]) -> bool:
-        """Drops the clip DALI's error names, where it is one of `batches` (removed from it); -> whether it was."""
+        """Drops the clip DALI's error names, where it is in `batches`; -> whether it was."""
         match = PLACE.search(str(error))
         clip = self._clip_at(match[1], int(match[2])) if match else None
-        for batch in batches:
-            if clip is not None and clip in batch:
-                self._drop(clip, error)
-                batch.remove(clip)
-                return True
-        return False
+        if clip is None or not any(clip in batch for batch in batches):
+            return False
+        self._drop(clip, error, batches)
+        return True
 
     def _isolate(self, error: Exception, batches: list[list[int]], start: int) -> None:
-        """After DALI failed on batches[start] (or one of the next PREFETCH): drops the clips that fail alone."""
+        """After DALI failed on batches[start] (or one of the next PREFETCH): drops the clips that fail alone from
+        batches[start:]."""
         if self._drop_named(error, batches[start:start + PREFETCH + 1]):
             return
         for batch in batches[start:start + PREFETCH + 1]:
-            failing = [clip for clip in batch if not self._decodes(clip)]
+            failing = [clip for clip in dict.fromkeys(batch) if not self._decodes(clip)]  # each clip once
             for clip in failing:
-                self._drop(clip, error)
-                batch.remove(clip)
+                self._drop(clip, error, batches[start:])
             if failing:
                 return
         raise RuntimeError(f"{self.root}: DALI failed on a batch, and on none of its clips alone") from error
@@ -402,7 +400,12 @@ class Loader:
         finally:
             del pipe
 
-    def _drop(self, clip: int, error: Exception) -> None:
+    def _drop(self, clip: int, error: Exception, batches: list[list[int]]) -> None:
+        """Drops `clip` (`DataHealth.drop`) and removes it from `batches` (in place), wherever it is."""
+        for batch in batches:
+            batch[:] = [other for other in batch if other != clip]
+        if clip in self.health.dropped:
+            return
         reason = next((line.strip() for line in str(error).splitlines() if "failed" in line.lower()),
                       str(error).splitlines()[-1] if str(error) else type(error).__name__)
         self.health.drop(clip, reason[:300])
