@@ -10,7 +10,7 @@
   bf16 overflow check, fed by `loss_to_backward`) and the relaunched run equals the straight one bit for bit
   (checkpoint, metrics, clip order); stage 2 from the straight run's export (its teacher bf16, bit for bit the
   file's bf16 rounding at the end); audio+video fine-tuning from the stage-2 export, evaluated. Every logged
-  loss finite, the module's checkpointed weights bf16. Five launches, about two minutes on two cores.
+  loss finite, the module's checkpointed weights bf16. Five launches, about 2.5 minutes on two cores.
 """
 from __future__ import annotations
 
