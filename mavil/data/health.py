@@ -52,8 +52,10 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -236,8 +238,9 @@ class DataHealth:
             kept = [clip[0] for clip in shard.usable if clip[0] not in gone.get(shard.tar, ())]
             if kept and shard.tar in gone:
                 own_lines = read_index(self.root / shard_entry(self.manifest, shard.tar, self.root)["index"])
-                if self._reader_folder is None:  # this process's: other ranks write their own
+                if self._reader_folder is None:  # this process's (other ranks write their own), gone with it
                     self._reader_folder = Path(tempfile.mkdtemp(prefix="mavil-reader-index-"))
+                    weakref.finalize(self, shutil.rmtree, self._reader_folder, True)
                 index = self._reader_folder / shard.index.name
                 index.write_text(index_text([own_lines[line] for line in kept]))
                 shards.append((shard.tar, index))
