@@ -302,7 +302,14 @@ class Loader:
         """Epoch after epoch: the reader's batches as lists of clip numbers."""
         iterator = self._order_iterator()
         while True:
-            yield [[self._clip_at(*self._place(row)[:2]) for row in outputs["place"]] for (outputs,) in iterator]
+            batches = [[self._place(row) for row in outputs["place"]] for (outputs,) in iterator]
+            clips = [[self._clip_at(tar, offset) for tar, offset, _ in batch] for batch in batches]
+            for batch, numbers in zip(batches, clips):
+                for (tar, offset, name), clip in zip(batch, numbers):
+                    if clip is None:
+                        raise ValueError(f"{self.root}: DALI's reader gave {name} at byte {offset} of {tar}, "
+                                         f"which is no usable clip of the health report {self.health.report}")
+            yield clips
 
     @staticmethod
     def _place(row: torch.Tensor) -> tuple[str, int, str]:
