@@ -55,39 +55,39 @@ def _ids(batch, tokens, keep, device):
     return shuffle[:, :keep], shuffle.argsort(dim=1)
 
 
-def gather_case(tokens, keep, dim, device, dtype) -> Case:
-    # as the encoders call it: the patch embedding's (B, N, D) tokens, a fixed position buffer
-    x = torch.randn(B, tokens, dim, device=device, dtype=dtype, requires_grad=True)
+def gather_case(tokens, keep, dim, device, dtype, batch: int = B) -> Case:
+    # as the encoders call it: the patch embedding's (batch, N, D) tokens, a fixed position buffer
+    x = torch.randn(batch, tokens, dim, device=device, dtype=dtype, requires_grad=True)
     pos = torch.randn(tokens, dim, device=device)
-    ids_keep, _ = _ids(B, tokens, keep, device)
+    ids_keep, _ = _ids(batch, tokens, keep, device)
     e = x.element_size()
-    return Case("masked_gather", dict(B=B, N=tokens, K=keep, D=dim), lambda: masked_gather(x, ids_keep, pos),
-                torch.randn(B, keep, dim, device=device, dtype=dtype),
-                bytes_forward=2 * B * keep * dim * e + tokens * dim * 4,
-                bytes_backward=(B * keep + B * tokens) * dim * e)
+    return Case("masked_gather", dict(B=batch, N=tokens, K=keep, D=dim), lambda: masked_gather(x, ids_keep, pos),
+                torch.randn(batch, keep, dim, device=device, dtype=dtype),
+                bytes_forward=2 * batch * keep * dim * e + tokens * dim * 4,
+                bytes_backward=(batch * keep + batch * tokens) * dim * e)
 
 
-def restore_case(tokens, keep, dim, device, dtype) -> Case:
-    x_vis = torch.randn(B, keep, dim, device=device, dtype=dtype, requires_grad=True)
+def restore_case(tokens, keep, dim, device, dtype, batch: int = B) -> Case:
+    x_vis = torch.randn(batch, keep, dim, device=device, dtype=dtype, requires_grad=True)
     mask_token = torch.randn(dim, device=device, dtype=dtype, requires_grad=True)
     pos = torch.randn(tokens, dim, device=device)
-    _, ids_restore = _ids(B, tokens, keep, device)
+    _, ids_restore = _ids(batch, tokens, keep, device)
     e = x_vis.element_size()
-    return Case("masked_restore", dict(B=B, N=tokens, K=keep, D=dim),
+    return Case("masked_restore", dict(B=batch, N=tokens, K=keep, D=dim),
                 lambda: masked_restore(x_vis, ids_restore, mask_token, pos),
-                torch.randn(B, tokens, dim, device=device, dtype=dtype),
-                bytes_forward=(B * keep + B * tokens) * dim * e + tokens * dim * 4,
-                bytes_backward=(B * tokens + B * keep) * dim * e + tokens * dim * 4)
+                torch.randn(batch, tokens, dim, device=device, dtype=dtype),
+                bytes_forward=(batch * keep + batch * tokens) * dim * e + tokens * dim * 4,
+                bytes_backward=(batch * tokens + batch * keep) * dim * e + tokens * dim * 4)
 
 
-def mse_case(tokens, dim, norm_pix, device, dtype) -> Case:
-    pred = torch.randn(B, tokens, dim, device=device, dtype=dtype, requires_grad=True)
-    target = torch.randn(B, tokens, dim, device=device, dtype=dtype)
-    mask = (torch.rand(B, tokens, device=device) < 0.8).float()
+def mse_case(tokens, dim, norm_pix, device, dtype, batch: int = B) -> Case:
+    pred = torch.randn(batch, tokens, dim, device=device, dtype=dtype, requires_grad=True)
+    target = torch.randn(batch, tokens, dim, device=device, dtype=dtype)
+    mask = (torch.rand(batch, tokens, device=device) < 0.8).float()
     e = pred.element_size()
-    return Case("masked_mse", dict(B=B, N=tokens, D=dim, norm_pix=norm_pix),
+    return Case("masked_mse", dict(B=batch, N=tokens, D=dim, norm_pix=norm_pix),
                 lambda: masked_mse(pred, target, mask, norm_pix),
-                None, bytes_forward=2 * B * tokens * dim * e, bytes_backward=3 * B * tokens * dim * e)
+                None, bytes_forward=2 * batch * tokens * dim * e, bytes_backward=3 * batch * tokens * dim * e)
 
 
 def nce_case(rows, dim, device, dtype) -> Case:
@@ -108,6 +108,12 @@ def cases(device, dtype, include_16k: bool) -> list[Case]:
     if include_16k:
         built.append(nce_case(16384, 768, device, dtype))
     return built
+
+
+def tiny_cases(device, dtype) -> list[Case]:
+    """One small case per op: the GPU check's dry run on the CPU."""
+    return [gather_case(16, 4, 32, device, dtype, batch=2), restore_case(16, 4, 32, device, dtype, batch=2),
+            mse_case(16, 32, True, device, dtype, batch=2), nce_case(8, 32, device, dtype)]
 
 
 MODEL_BATCH = 2  # the model path's batch: its conv and blocks run on the CPU
@@ -248,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--all", action="store_true", help="also the 16k-row InfoNCE on the CPU")
+    parser.add_argument("--tiny", action="store_true", help="one small case per op (the GPU check's dry run)")
     parser.add_argument("--compile-only", action="store_true",
                         help="no timing: compile every kernel for sm_80 and sm_90, report registers and spills")
     args = parser.parse_args(argv)
@@ -260,10 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     if not on_gpu:
         print("no CUDA device: measuring the PyTorch reference path only (fp32, CPU); Triton needs a GPU to be timed")
     torch.manual_seed(0)
-    bandwidth = copy_bandwidth(device)
+    bandwidth = copy_bandwidth(device, megabytes=8 if args.tiny else 256)
     print(f"measured copy bandwidth: {bandwidth:.1f} GB/s")
     records = []
-    for case in cases(device, dtype, include_16k=on_gpu or args.all):
+    chosen = tiny_cases(device, dtype) if args.tiny else cases(device, dtype, include_16k=on_gpu or args.all)
+    for case in chosen:
         records.append(run_case(case, modes, device, dtype, args.repeats, bandwidth))
         print(format_row(records[-1]), flush=True)
     path = write_result("kernels", device, {"copy_bandwidth_GBps": bandwidth, "paths": modes, "cases": records})

@@ -63,16 +63,13 @@ if __package__ in (None, ""):  # run as a script: the repository root on the pat
 import torch
 
 from mavil.config import Config, ConfigError, ModelConfig, load_config
-from mavil.data.pipeline import Loader, LoaderSpec
-from mavil.data.reference import reference_loader
-from mavil.data.synthetic import ensure_synthetic
 from mavil.engine.optim import param_groups
 from mavil.model import MAViL, Backbone
 from mavil.model.attention import resolve_backend
 from mavil.model.vit import resolve_attention
 from mavil.model.flops import step_flops
 
-from .common import RESULTS, device_name, git_commit, median_seconds, synchronize, write_result
+from .common import RESULTS, device_name, device_suffix, git_commit, median_seconds, synchronize, write_result
 from .kernels import kernels_mode
 from .train_report import merge, read_previous, write_markdown, write_plot
 
@@ -124,6 +121,9 @@ def random_batches(cfg: ModelConfig, batch: int, device, dtype):
 
 def loader_batches(kind: str, cfg: Config, root: Path, batch: int, workers: int, device, dtype):
     """(audio, video) from the DALI pipeline or the reference loader, epoch after epoch, full batches only."""
+    from mavil.data.pipeline import Loader, LoaderSpec  # here: model-only runs need neither DALI nor PyAV
+    from mavil.data.reference import reference_loader
+
     spec = LoaderSpec.from_config(cfg, batch, train=True)
     spec.num_threads = workers
     loader = Loader(root, spec, device=device) if kind == "dali" else reference_loader(root, spec, num_workers=workers)
@@ -388,6 +388,8 @@ def sweep(run: Run, source: str, batches: list[int]) -> list[dict]:
 
 def synthetic_root(cfg: Config, clips_needed: int) -> Path:
     """The synthetic set in the config's clip duration, big enough for the run's batches (64 to 1024 clips)."""
+    from mavil.data.synthetic import ensure_synthetic
+
     clips = min(1024, 64 * math.ceil(max(clips_needed, 64) / 64))
     data = cfg.data
     return ensure_synthetic(clips=clips, classes=data.synthetic_classes, seed=data.synthetic_seed,
@@ -463,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def save(device: torch.device, note: str, records: list[dict], sweeps: list[dict], fresh: bool) -> None:
-    previous = {} if fresh else read_previous(RESULTS / f"train-{device.type}.json", device_name(device))
+    previous = {} if fresh else read_previous(RESULTS / f"train-{device_suffix(device)}.json", device_name(device))
     stamp = {"commit": git_commit(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     payload = {"note": note, **merge(previous, [{**r, **stamp} for r in records], [{**p, **stamp} for p in sweeps])}
     json_path = write_result("train", device, payload)

@@ -60,7 +60,7 @@ HEADER = ("| config | stage | measured | batch | steps x rounds | samples/s engi
 def markdown(result: dict, source: str) -> str:
     records = result["records"]
     dtype = records[0]["dtype"] if records else "?"
-    memory = ("CUDA `max_memory_allocated` from the model's construction on" if source.endswith("-cuda.json") else
+    memory = ("CUDA `max_memory_allocated` from the model's construction on" if not source.endswith("-cpu.json") else
               "growth of the process's resident set over the measurement (model, optimizer state, activations; "
               "the reference loader's worker processes not included)")
     lines = [f"# Training throughput: {result['device']}", "",
