@@ -132,12 +132,12 @@ def dataset_root(data: DataConfig) -> Path:
 
 
 def checked_health(root: Path, data: DataConfig) -> DataHealth:
-    """The health of the shards at `root` (mavil.data.health): rank 0 checks what the cached report does not cover,
-    with a progress bar, while the others wait, then they read the report. Every rank refuses a set with more
-    unusable clips than data.max_bad_fraction (UnusableData, a ConfigError naming the counts and the key)."""
+    """The health of the shards at `root` (mavil.data.health): what the cached report does not cover is checked,
+    the shards split over the ranks, rank 0 showing a progress bar and writing the report. Every rank refuses a set
+    with more unusable clips than data.max_bad_fraction (UnusableData, a ConfigError naming the counts and the key)."""
     from ..data.health import ensure_health
 
     first = not dist.is_initialized() or dist.get_rank() == 0
-    health = rank_zero_first(lambda: ensure_health(root, progress=first))
+    health = ensure_health(root, progress=first, distributed=True)
     health.check_ceiling(data.max_bad_fraction)
     return health
