@@ -4,6 +4,8 @@ The environment variable MAVIL_INJECT holds faults separated by ';', each `kind:
 
     nan_loss:step=S[:rank=R]         the loss of optimizer step S's first micro-batch on rank R becomes NaN
     kill:point=P:step=S[:rank=R]     SIGKILL of rank R when it reaches point P of optimizer step S
+    term:step=S[:rank=R]             SIGTERM to rank R itself after the backward of step S's first micro-batch
+    term_launcher:step=S[:rank=R]    the same moment, SIGTERM to the `deepspeed` command only (R's grandparent)
 
 `step` is the 1-based optimizer step the point belongs to: the step being computed for `backward`, the step a
 checkpoint holds for the checkpoint points, the last step for `export`; `rank` defaults to 0. The points:
@@ -29,7 +31,8 @@ import torch
 
 VARIABLE = "MAVIL_INJECT"
 POINTS = ("backward", "checkpoint_files", "checkpoint_written", "latest", "export")
-KINDS = {"nan_loss": ("step", "rank"), "kill": ("point", "step", "rank")}
+KINDS = {"nan_loss": ("step", "rank"), "kill": ("point", "step", "rank"), "term": ("step", "rank"),
+         "term_launcher": ("step", "rank")}
 
 
 @functools.cache
@@ -74,3 +77,14 @@ def kill_point(point: str, step: int, rank: int) -> None:
     """SIGKILL of this process where a kill fault names this point, step and rank: no cleanup, no flush."""
     if _matches("kill", step, rank, point):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def signal_point(step: int, rank: int) -> None:
+    """SIGTERM to this process (term) or to the `deepspeed` command that launched it (term_launcher) where a fault
+    names this step and rank: called after the backward of a step's first micro-batch."""
+    if _matches("term", step, rank):
+        os.kill(os.getpid(), signal.SIGTERM)
+    if _matches("term_launcher", step, rank):
+        import psutil
+
+        os.kill(psutil.Process(os.getppid()).ppid(), signal.SIGTERM)

@@ -36,6 +36,7 @@ from . import checkpoint, inject
 from .launch import init_distributed, launched_world_size
 from .metrics import Metrics, rewind
 from .numerics import NonFiniteStop, StepGuard, check_deepspeed, loss_to_backward
+from .preempt import STATUS as PREEMPTED_STATUS, Preempted, Preemption
 from .schedule import lr_at, set_lr
 
 
@@ -43,6 +44,7 @@ class Trainer:
     tokens_per_sample = 0  # for tokens/s in the metrics; subclasses set it
     flops_per_sample = 0.0  # one training step's model FLOPs per clip, for model TFLOP/s; 0: not counted
     health = None  # the training set's DataHealth (mavil.data.health); subclasses set it, the loop reports its counts
+    preemption: Preemption | None = None  # SIGTERM/SIGINT and the launcher's exit (`preempt`); main sets it
 
     def __init__(self, cfg: Config, rank: int, world: int, device: torch.device):
         self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
@@ -132,6 +134,8 @@ class Trainer:
             print(f"resuming at step {self.engine.global_steps}: epoch {state['epoch']}, micro-batch {state['micro_step']}")
         if self.health is not None and self.rank == 0:
             print(f"data: {self.health.root}: {self.data_tally()}", flush=True)
+        if self.preemption is not None:
+            self.preemption.armed = True  # from here a signal asks for a checkpoint at the next step's end
         for epoch in range(state["epoch"], self.cfg.train.epochs):
             if self.reached_max_steps() or self.train_epoch(epoch, state["micro_step"] if epoch == state["epoch"] else 0):
                 break
@@ -192,6 +196,7 @@ class Trainer:
         self.engine.backward(loss_to_backward(losses["loss"]))
         if first:
             inject.kill_point("backward", step, self.rank)
+            inject.signal_point(step, self.rank)
         self.engine.step()
         self.guard.add(losses, len(batch["key"]))
 
@@ -208,9 +213,16 @@ class Trainer:
             self.monitor(step)
         finished = self.reached_max_steps()
         self.checkpoint_owed |= finished or epoch_done or (train.checkpoint_every > 0 and step % train.checkpoint_every == 0)
+        stop = self.preemption is not None and self.preemption.requested(self.device)  # agreed by every rank
+        self.checkpoint_owed |= stop
         if self.checkpoint_owed and applied:
             self.save(epoch + 1, 0) if epoch_done else self.save(epoch, next_index)
             self.checkpoint_owed = False
+        if stop and applied:  # after a skipped step the stop waits for the next applied one, and its checkpoint
+            self.preemption.stopped()
+            raise Preempted(f"stopped by {self.preemption.reason or 'a signal on another rank'} after step {step}: "
+                            f"checkpoint {self.run_dir / 'checkpoints' / checkpoint.tag_for(step)}; "
+                            f"relaunch the same command to resume")
         return finished
 
     def monitor(self, step: int) -> None:
@@ -261,6 +273,7 @@ def parse_args(argv: list[str] | None, doc: str) -> argparse.Namespace:
 def main(trainer_class: type[Trainer], argv: list[str] | None, doc: str) -> int:
     """Config and the files it names (refused before any work when bad: exit status 2), process group, then train."""
     args = parse_args(argv, doc)
+    preemption = Preemption()  # from here a signal is one line, never a traceback
     try:
         cfg = checked_config(trainer_class, args.config, args.overrides)
     except (ConfigError, MissingDependency) as err:
@@ -268,7 +281,13 @@ def main(trainer_class: type[Trainer], argv: list[str] | None, doc: str) -> int:
         return 2
     rank, world, device = init_distributed(cfg.train.device)
     try:
-        trainer_class(cfg, rank, world, device).run()
+        trainer = trainer_class(cfg, rank, world, device)
+        trainer.preemption = preemption
+        trainer.run()
+    except Preempted as err:
+        if rank == 0:
+            print(str(err), file=sys.stderr, flush=True)
+        return PREEMPTED_STATUS
     except (ConfigError, NonFiniteStop) as err:  # a deepspeed section that would apply NaN steps; too many skipped
         if rank == 0:
             print(f"error: {err}", file=sys.stderr)
