@@ -61,6 +61,10 @@ class ModelConfig:
     fusion: str = "vanilla"  # "vanilla" (joint attention) or "mbt" (bottleneck tokens)
     fusion_depth: int = 2
     bottleneck_tokens: int = 4  # mbt only
+    # False: the layout of the authors' ViT-MM code (what AV-SUPERB's MAViL expert runs): encoders without a final
+    # LayerNorm, their raw block outputs into the fusion; the audio+video classifier fuses [CLS] and patch tokens
+    # and pools each modality into a 2*dim fc_norm and head. True: MAE's pre-training encoder (final LayerNorm).
+    encoder_norm: bool = True
     # decoders (one per modality)
     decoder_dim: int = 512
     decoder_depth: int = 8

@@ -3,6 +3,9 @@
 - audio / video: one encoder, the mean of its patch tokens ([CLS] excluded), LayerNorm, linear head.
 - audio+video: both encoders, then a `fusion_depth`-layer vanilla Transformer over their concatenated patch
   tokens, the mean over all of them, LayerNorm, head (the paper's 3-layer fusion for audio+video).
+  With model.encoder_norm=False (the authors' ViT-MM layout, AV-SUPERB's expert): the encoders end without a
+  LayerNorm, the fusion blocks (no final norm) take both sequences with their [CLS] tokens, and each modality's
+  fused patch tokens are averaged on their own and concatenated: LayerNorm and head over 2 * dim.
 - retrieval: both encoders and no head; `embeddings` gives each modality's pooled tokens, trained with InfoNCE.
 
 Fine-tuning masking (training only) drops tokens before the encoders: audio by whole time rows and
@@ -35,11 +38,13 @@ class Classifier(nn.Module):
             self.audio_encoder = audio_encoder(cfg)
         if "video_encoder" in encoders:
             self.video_encoder = video_encoder(cfg)
+        self.vitmm = mode == "audio+video" and not cfg.encoder_norm  # pooled per modality, 2 * dim
         if mode == "audio+video":
             self.fusion = Transformer(cfg.encoder_dim, fusion_depth, cfg.encoder_heads, cfg.mlp_ratio, cfg.drop_path,
-                                      cfg.attention)
-        self.fc_norm = LayerNorm(cfg.encoder_dim)
-        self.head = nn.Linear(cfg.encoder_dim, num_classes) if mode != "retrieval" else None
+                                      cfg.attention, final_norm=cfg.encoder_norm)
+        pooled_dim = cfg.encoder_dim * (2 if self.vitmm else 1)
+        self.fc_norm = LayerNorm(pooled_dim)
+        self.head = nn.Linear(pooled_dim, num_classes) if mode != "retrieval" else None
         self.apply(init_weights)
         if self.head is not None:
             nn.init.trunc_normal_(self.head.weight, std=2e-5)  # MAE's fine-tuning head
@@ -54,6 +59,8 @@ class Classifier(nn.Module):
         """-> (B, classes) logits from the modalities of the mode; in retrieval mode the two embeddings."""
         if self.mode == "retrieval":
             return self.embeddings(audio, video, audio_keep, video_keep)
+        if self.vitmm:
+            return self.head(self.fc_norm(self.fused_pooled(audio, video, audio_keep, video_keep)))
         tokens = []
         if self.mode != "video":
             tokens.append(self.encode(self.audio_encoder, audio, audio_keep))
@@ -64,6 +71,15 @@ class Classifier(nn.Module):
             x = self.fusion(x)
         return self.head(self.fc_norm(x.mean(dim=1)))
 
+    def fused_pooled(self, audio: torch.Tensor, video: torch.Tensor, audio_keep: torch.Tensor | None = None,
+                     video_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """ViT-MM layout: (B, 2 * dim), the fused audio patch tokens' mean || the fused video patch tokens' mean."""
+        a = self.audio_encoder.encode(self.audio_encoder.embed(audio), audio_keep)  # (B, 1 + Ka, dim), [CLS] first
+        v = self.video_encoder.encode(self.video_encoder.embed(video), video_keep)
+        x = self.fusion(torch.cat([a, v], dim=1))
+        length = a.shape[1]
+        return torch.cat([x[:, 1:length].mean(dim=1), x[:, length + 1:].mean(dim=1)], dim=-1)
+
     def embeddings(self, audio: torch.Tensor, video: torch.Tensor, audio_keep=None, video_keep=None):
         """Retrieval: (B, dim) audio and video embeddings, each the mean of its encoder's patch tokens."""
         return (self.encode(self.audio_encoder, audio, audio_keep).mean(dim=1),
@@ -72,7 +88,8 @@ class Classifier(nn.Module):
 
 def load_encoders(model: Classifier, path: str) -> list[str]:
     """Copies a pre-training export's encoders into `model` (all of their tensors, or an error naming what
-    does not fit). -> the names of the encoders loaded."""
+    does not fit). A model without the encoders' final LayerNorm (model.encoder_norm=False) leaves the export's
+    out, as MAE's fine-tuning with average pooling does. -> the names of the encoders loaded."""
     state, _ = read_weights(path)
     loaded = []
     for name in ("audio_encoder", "video_encoder"):
@@ -80,6 +97,8 @@ def load_encoders(model: Classifier, path: str) -> list[str]:
             continue
         prefix = f"{ENCODER_PREFIX}{name}."
         encoder_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if not model.cfg.encoder_norm:
+            encoder_state = {k: v for k, v in encoder_state.items() if not k.startswith("transformer.norm.")}
         try:
             getattr(model, name).load_state_dict(encoder_state, strict=True)
         except RuntimeError as err:

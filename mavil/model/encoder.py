@@ -1,6 +1,7 @@
 """One modality's encoder f(.) and decoder f^-1(.) (paper §3.1, App. B).
 
-Encoder: patch embedding, fixed sin-cos positions, a [CLS] token, ViT blocks, final LayerNorm.
+Encoder: patch embedding, fixed sin-cos positions, a [CLS] token, ViT blocks, final LayerNorm (none with
+final_norm=False: the layout of the authors' ViT-MM code, model.encoder_norm).
 Only the visible tokens are encoded; `embed` and `encode` are separate so that the two masked
 views of the intra-modal loss share one patch embedding.
 
@@ -21,12 +22,12 @@ from .vit import Transformer
 
 class ModalityEncoder(nn.Module):
     def __init__(self, in_chans: int, input_size: tuple[int, ...], patch: tuple[int, ...], dim: int, depth: int,
-                 heads: int, mlp_ratio: float, drop_path: float, backend: str):
+                 heads: int, mlp_ratio: float, drop_path: float, backend: str, final_norm: bool = True):
         super().__init__()
         self.patch_embed = PatchEmbed(in_chans, input_size, patch, dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.register_buffer("pos", sincos_grid(dim, self.patch_embed.grid), persistent=False)  # (1 + N, dim)
-        self.transformer = Transformer(dim, depth, heads, mlp_ratio, drop_path, backend)
+        self.transformer = Transformer(dim, depth, heads, mlp_ratio, drop_path, backend, final_norm)
         nn.init.normal_(self.cls_token, std=0.02)
 
     @property
@@ -39,12 +40,27 @@ class ModalityEncoder(nn.Module):
 
     def encode(self, tokens: torch.Tensor, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
         """(B, N, dim) tokens, (B, K) visible ids or None for all -> (B, 1 + K, dim), [CLS] first."""
+        return self.transformer(self.block_input(tokens, ids_keep))
+
+    def block_input(self, tokens: torch.Tensor, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """The first block's input: [CLS] and the visible tokens with their positions, (B, 1 + K, dim)."""
         if ids_keep is None:
             visible = tokens + self.pos[1:].to(tokens.dtype)
         else:
             visible = masked_gather(tokens, ids_keep, self.pos[1:])
         cls = (self.cls_token + self.pos[:1].to(tokens.dtype)).expand(tokens.shape[0], -1, -1)
-        return self.transformer(torch.cat([cls, visible], dim=1))
+        return torch.cat([cls, visible], dim=1)
+
+    def hidden_states(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        """Every block's input and the last block's output, final norm applied to that last one (none without it):
+        depth + 1 tensors (B, 1 + N, dim), all tokens visible. The last equals `encode(tokens)`."""
+        x = self.block_input(tokens)
+        states = [x]
+        for block in self.transformer.blocks:
+            x = block(x)
+            states.append(x)
+        states[-1] = self.transformer.norm(x)
+        return states
 
 
 class ModalityDecoder(nn.Module):

@@ -32,10 +32,16 @@ class Fusion(nn.Module):
 
 class VanillaFusion(Fusion):
     def mix(self, audio, video):
-        x = torch.cat([audio, video], dim=1)  # (B, La + Lv, dim)
-        for block in self.blocks:
-            x = block(x)
+        x = self.hidden_states(audio, video)[-1]
         return x.split([audio.shape[1], video.shape[1]], dim=1)
+
+    def hidden_states(self, audio: torch.Tensor, video: torch.Tensor) -> list[torch.Tensor]:
+        """The joint sequence (a || v), (B, La + Lv, dim), at every block's input and after the last block,
+        before the per-modality norms: depth + 1 tensors (the fusion states AV-SUPERB's MAViL expert returns)."""
+        states = [torch.cat([audio, video], dim=1)]
+        for block in self.blocks:
+            states.append(block(states[-1]))
+        return states
 
 
 class BottleneckFusion(Fusion):

@@ -30,7 +30,7 @@ AUDIO_CHANNELS, VIDEO_CHANNELS = 1, 3
 
 def _encoder_args(cfg: ModelConfig) -> dict:
     return dict(dim=cfg.encoder_dim, depth=cfg.encoder_depth, heads=cfg.encoder_heads, mlp_ratio=cfg.mlp_ratio,
-                drop_path=cfg.drop_path, backend=cfg.attention)
+                drop_path=cfg.drop_path, backend=cfg.attention, final_norm=cfg.encoder_norm)
 
 
 def audio_encoder(cfg: ModelConfig) -> ModalityEncoder:

@@ -107,13 +107,13 @@ def make_blocks(depth: int, dim: int, heads: int, mlp_ratio: float, drop_path: f
 
 
 class Transformer(nn.Module):
-    """A stack of blocks and a final LayerNorm: (B, L, dim) -> (B, L, dim)."""
+    """A stack of blocks and a final LayerNorm (none with final_norm=False): (B, L, dim) -> (B, L, dim)."""
 
     def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0,
-                 backend: str = "auto"):
+                 backend: str = "auto", final_norm: bool = True):
         super().__init__()
         self.blocks = make_blocks(depth, dim, heads, mlp_ratio, drop_path, backend)
-        self.norm = LayerNorm(dim)
+        self.norm = LayerNorm(dim) if final_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
