@@ -8,7 +8,9 @@ from pathlib import Path
 
 from setuptools import setup
 
-DEV = {"pytest", "pytest-benchmark", "scikit-learn"}  # scikit-learn: the tests' oracle for mAP and accuracy
+# scikit-learn: the tests' oracle for mAP and accuracy; timm (with its torchvision): the reference ViT that
+# tests/model/test_pretrained.py loads MAE-layout checkpoints against
+DEV = {"pytest", "pytest-benchmark", "scikit-learn", "timm", "torchvision"}
 
 
 def pinned_requirements():

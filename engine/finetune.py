@@ -32,6 +32,7 @@ from ..data.sampling import BalancedRepeats, WeightedDraws, clip_weights
 from ..kernels import info_nce, info_nce_global
 from ..model.classifier import Classifier, load_encoders
 from ..model.masking import random_masking, time_frequency_keep
+from ..model.pretrained import load_inits
 from .augment import add_noise, mixup, spec_augment
 from .evaluate import evaluate, eval_root
 from .launch import checked_health, dataset_root
@@ -74,6 +75,9 @@ class Finetuner(Trainer):
     def build_model(self) -> torch.nn.Module:
         ft = self.cfg.finetune
         model = Classifier(self.cfg.model, self.mode, self.num_classes, ft.fusion_depth)
+        for report in load_inits(model, self.cfg.model):  # model.video_init / audio_init; finetune.init then wins
+            if self.rank == 0:
+                print(report)
         if ft.init is not None:
             loaded = load_encoders(model, ft.init)
             if self.rank == 0:

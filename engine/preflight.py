@@ -13,7 +13,9 @@ and before the process group, the model, DeepSpeed or the data start (`trainer.m
   for classification, with classes, the same ones in both;
 - model.teacher (stage 2) and finetune.init: MAViL weights files, read from the header alone (no tensor is
   loaded), holding the parts the run takes from them (teacher: encoders and fusion; init: the mode's
-  encoders) in this config's architecture; every key that differs is named with both values;
+  encoders) in this config's architecture; every key that differs is named with both values. Input sizes
+  (frames, mel bins, frame size) are compared for a teacher only: an init loads into any grid;
+- model.video_init / audio_init: MAE-layout checkpoints whose tensors fit this config's encoders (shapes only);
 - model.attention = "xformers": a GPU and an xformers that imports;
 - the packages the run imports later (DALI, DeepSpeed): importable, else named with their install command.
 
@@ -30,6 +32,7 @@ from ..data.shards import read_manifest
 from ..deps import require
 from ..model.attention import why_xformers_unavailable
 from ..model.classifier import encoder_names
+from ..model.pretrained import SOURCES, check_init
 from ..model.weights import architecture_differences, read_header, stored_architecture
 from .launch import why_no_cuda
 from .numerics import check_deepspeed
@@ -41,13 +44,15 @@ RUN_PACKAGES = ("nvidia.dali.plugin.pytorch", "deepspeed")  # DALI first: DeepSp
 def check_pretraining(cfg: Config, world: int) -> None:
     _check_run(cfg, world)
     if cfg.model.stage == 2:
-        _check_weights(cfg, Checker(cfg.source, "model"), "teacher", cfg.model.teacher, TEACHER_PARTS)
+        _check_weights(cfg, Checker(cfg.source, "model"), "teacher", cfg.model.teacher, TEACHER_PARTS, same_grid=True)
+    _check_inits(cfg, ("audio_encoder", "video_encoder"))
     _check_packages()
 
 
 def check_finetuning(cfg: Config, world: int) -> None:
     train_manifest = _check_run(cfg, world)
     ft, check = cfg.finetune, Checker(cfg.source, "finetune")
+    _check_inits(cfg, encoder_names(ft.mode))
     if ft.init is not None:
         _check_weights(cfg, check, "init", ft.init, encoder_names(ft.mode))
     eval_manifest = _shards(check, "eval_root", ft.eval_root) if ft.eval_root is not None else None
@@ -131,12 +136,29 @@ def _shards(check: Checker, key: str, root: str) -> dict:
         check.fail(key, root, _reason(err, root))
 
 
-def _check_weights(cfg: Config, check: Checker, key: str, path: str, parts: tuple[str, ...]) -> None:
+def _check_inits(cfg: Config, encoders: tuple[str, ...]) -> None:
+    """model.video_init / audio_init (for the encoders the run builds): an MAE-layout checkpoint that fits this
+    config's encoder, shapes read from the file without its tensors; a missing file says where it comes from."""
+    check = Checker(cfg.source, "model")
+    for key, encoder in (("video_init", "video_encoder"), ("audio_init", "audio_encoder")):
+        path = getattr(cfg.model, key)
+        if path is None or encoder not in encoders:
+            continue
+        check.that(key, path, Path(path).is_file(), f"no such file; {SOURCES[key]}; to run without it (random "
+                   f"initialisation) set model.{key}=null")
+        try:
+            check_init(cfg.model, key, path)
+        except ValueError as err:
+            check.fail(key, path, _reason(err, path))
+
+
+def _check_weights(cfg: Config, check: Checker, key: str, path: str, parts: tuple[str, ...],
+                   same_grid: bool = False) -> None:
     try:
         stored = stored_architecture(path, parts)
     except ValueError as err:  # ConfigError included: the file's own stored config is invalid
         check.fail(key, path, _reason(err, path))
-    differences = architecture_differences(stored, cfg.model, parts)
+    differences = architecture_differences(stored, cfg.model, parts, same_grid)
     if differences:
         listed = "; ".join(f"model.{name} = {json.dumps(theirs)} there, {json.dumps(ours)} here"
                            for name, theirs, ours in differences)

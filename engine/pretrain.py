@@ -42,7 +42,11 @@ class Pretrainer(Trainer):
         super().__init__(cfg, rank, world, device)
 
     def build_model(self) -> torch.nn.Module:
-        return build_model(self.cfg.model)
+        model = build_model(self.cfg.model)
+        if self.rank == 0:
+            for report in model.init_reports:  # model.video_init / audio_init
+                print(report)
+        return model
 
     def param_groups(self, model: torch.nn.Module) -> list[dict]:
         return param_groups(model, self.cfg.train.weight_decay)

@@ -54,6 +54,15 @@ class ModelConfig:
     video_frames: int = 8
     video_size: int = 224
     video_patch: list[int] = field(default_factory=lambda: [2, 16, 16])  # time, height, width
+    # fixed positions of the encoders (mavil.model.positions): video "3d" (channels split over time, height, width)
+    # or "2d+t" (MAE's ImageNet 2-D table plus a time code, what MAE-initialised blocks know); audio "2d" (time, then
+    # frequency channels) or "mae" (AudioMAE's table: frequency channels first)
+    video_pos: str = "3d"
+    audio_pos: str = "2d"
+    # encoder initialisations (mavil.model.pretrained): MAE-layout .pth checkpoints ({'model': state dict}); the video
+    # one is an ImageNet MAE whose 2-D patch projection is inflated over the tubelet's time extent. None: random.
+    video_init: Optional[str] = None
+    audio_init: Optional[str] = None
     # uni-modal encoders (one per modality) and the fusion encoder
     encoder_dim: int = 768
     encoder_depth: int = 12
@@ -116,6 +125,11 @@ class ModelConfig:
             check.that(f"{prefix}_heads", heads, dim % heads == 0, f"must divide {prefix}_dim={dim}")
             check.that(f"{prefix}_dim", dim, dim % 2 == 0, "must be even (sin-cos positions)")
         check.choice("fusion", self.fusion, FUSIONS)
+        check.choice("video_pos", self.video_pos, ("3d", "2d+t"))
+        check.choice("audio_pos", self.audio_pos, ("2d", "mae"))
+        for key in ("video_pos", "audio_pos"):  # MAE's 2-D table splits the channels in halves of sin and cos
+            check.that(key, getattr(self, key), getattr(self, key) in ("3d", "2d") or self.encoder_dim % 4 == 0,
+                       f"needs encoder_dim divisible by 4, got {self.encoder_dim}")
         if self.fusion == "mbt":
             check.positive("bottleneck_tokens", self.bottleneck_tokens)
         check.choice("attention", self.attention, ATTENTION_BACKENDS)

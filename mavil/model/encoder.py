@@ -16,17 +16,19 @@ from torch import nn
 
 from ..kernels import masked_gather, masked_restore
 from .patch import PatchEmbed
-from .positions import sincos_grid
+from .positions import position_table, sincos_grid
 from .vit import Transformer
 
 
 class ModalityEncoder(nn.Module):
     def __init__(self, in_chans: int, input_size: tuple[int, ...], patch: tuple[int, ...], dim: int, depth: int,
-                 heads: int, mlp_ratio: float, drop_path: float, backend: str, final_norm: bool = True):
+                 heads: int, mlp_ratio: float, drop_path: float, backend: str, final_norm: bool = True,
+                 pos_scheme: str = "3d"):
         super().__init__()
         self.patch_embed = PatchEmbed(in_chans, input_size, patch, dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.register_buffer("pos", sincos_grid(dim, self.patch_embed.grid), persistent=False)  # (1 + N, dim)
+        # fixed positions for the grid of this input size (a new size rebuilds them): positions.position_table
+        self.register_buffer("pos", position_table(pos_scheme, dim, self.patch_embed.grid), persistent=False)
         self.transformer = Transformer(dim, depth, heads, mlp_ratio, drop_path, backend, final_norm)
         nn.init.normal_(self.cls_token, std=0.02)
 

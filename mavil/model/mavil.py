@@ -36,13 +36,13 @@ def _encoder_args(cfg: ModelConfig) -> dict:
 def audio_encoder(cfg: ModelConfig) -> ModalityEncoder:
     """f_a: a ViT over the (1, frames, mel bins) spectrogram's patches."""
     return ModalityEncoder(AUDIO_CHANNELS, (cfg.audio_frames, cfg.audio_mel_bins), tuple(cfg.audio_patch),
-                           **_encoder_args(cfg))
+                           **_encoder_args(cfg), pos_scheme=cfg.audio_pos)
 
 
 def video_encoder(cfg: ModelConfig) -> ModalityEncoder:
     """f_v: a ViT over the (3, frames, size, size) clip's tubelets."""
     return ModalityEncoder(VIDEO_CHANNELS, (cfg.video_frames, cfg.video_size, cfg.video_size), tuple(cfg.video_patch),
-                           **_encoder_args(cfg))
+                           **_encoder_args(cfg), pos_scheme=cfg.video_pos)
 
 
 class Backbone(nn.Module):

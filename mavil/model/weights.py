@@ -16,16 +16,23 @@ from safetensors.torch import save_file
 
 from ..config import ModelConfig, model_config_from_dict
 from .mavil import MAViL, Backbone
+from .pretrained import load_inits
 
 CONFIG_KEY = "mavil.model_config"
 BACKBONE_PREFIX = "backbone."
-# The model-config keys that shape each part of a Backbone's tensors: a stored part fits when they agree.
+# The model-config keys that shape each part of a Backbone's tensors: a stored part fits when they agree. The position
+# scheme shapes no tensor but is what the weights were trained with, so it must agree as well.
 _ENCODER_KEYS = ("encoder_dim", "encoder_depth", "encoder_heads", "mlp_ratio")
 PART_KEYS = {
-    "audio_encoder": ("audio_frames", "audio_mel_bins", "audio_patch", *_ENCODER_KEYS),
-    "video_encoder": ("video_frames", "video_size", "video_patch", *_ENCODER_KEYS),
+    "audio_encoder": ("audio_patch", "audio_pos", *_ENCODER_KEYS),
+    "video_encoder": ("video_patch", "video_pos", *_ENCODER_KEYS),
     "fusion": ("encoder_dim", "encoder_heads", "mlp_ratio", "fusion", "fusion_depth", "bottleneck_tokens"),
 }
+# The input sizes set only the token grid, whose fixed positions are rebuilt for any size: the weights load into a
+# model of other lengths (fine-tuning ESC-50's 512 frames from a 1024-frame export). A teacher must match them too:
+# its features are the student's per-token targets.
+GRID_KEYS = {"audio_encoder": ("audio_frames", "audio_mel_bins"), "video_encoder": ("video_frames", "video_size"),
+             "fusion": ()}
 
 
 def save_weights(model: MAViL, path: str | Path) -> Path:
@@ -81,7 +88,9 @@ def load_teacher(path: str | Path) -> Backbone:
 
 def _backbone_config(path: str | Path, raw_cfg: dict) -> ModelConfig:
     # Only the backbone matters to a reader, so the stored model's own stage and teacher do not.
-    return model_config_from_dict({**raw_cfg, "stage": 1, "teacher": None}, source=f"{path} metadata")
+    # Nor do the files its encoders were initialised from (they need not exist where the export is read).
+    return model_config_from_dict({**raw_cfg, "stage": 1, "teacher": None, "video_init": None, "audio_init": None},
+                                  source=f"{path} metadata")
 
 
 def stored_architecture(path: str | Path, parts: tuple[str, ...]) -> ModelConfig:
@@ -95,9 +104,11 @@ def stored_architecture(path: str | Path, parts: tuple[str, ...]) -> ModelConfig
     return _backbone_config(path, raw_cfg)
 
 
-def architecture_differences(stored: ModelConfig, wanted: ModelConfig, parts: tuple[str, ...]) -> list[tuple]:
-    """(key, stored value, wanted value) for each model-config key that shapes `parts` and differs."""
-    keys = dict.fromkeys(key for part in parts for key in PART_KEYS[part])
+def architecture_differences(stored: ModelConfig, wanted: ModelConfig, parts: tuple[str, ...],
+                             same_grid: bool = False) -> list[tuple]:
+    """(key, stored value, wanted value) for each model-config key that shapes `parts` and differs; with
+    `same_grid` also the input sizes (a teacher's tokens must be the student's)."""
+    keys = dict.fromkeys(key for part in parts for key in (*PART_KEYS[part], *(GRID_KEYS[part] if same_grid else ())))
     if "mbt" not in (stored.fusion, wanted.fusion):
         keys.pop("bottleneck_tokens", None)  # vanilla fusion has no bottleneck tokens
     return [(key, getattr(stored, key), getattr(wanted, key)) for key in keys
@@ -105,6 +116,9 @@ def architecture_differences(stored: ModelConfig, wanted: ModelConfig, parts: tu
 
 
 def build_model(cfg: ModelConfig) -> MAViL:
-    """The pre-training model for `cfg`; in stage 2 with its teacher loaded from `cfg.teacher`."""
+    """The pre-training model for `cfg`; in stage 2 with its teacher loaded from `cfg.teacher`; its encoders
+    initialised from model.video_init / audio_init where set (the reports in `model.init_reports`)."""
     teacher = load_teacher(cfg.teacher) if cfg.stage == 2 else None
-    return MAViL(cfg, teacher)
+    model = MAViL(cfg, teacher)
+    model.init_reports = load_inits(model.backbone, cfg)  # model.video_init / audio_init, where set
+    return model
