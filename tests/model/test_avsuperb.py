@@ -73,7 +73,7 @@ def _block(state, prefix, x, heads):
     return x + F.linear(h, state[f"{prefix}.mlp.fc2.weight"], state[f"{prefix}.mlp.fc2.bias"])
 
 
-def _encode(state, suffix, x, heads):
+def _encode(state, suffix, x, heads, block=_block):
     conv = F.conv2d if x.dim() == 4 else F.conv3d
     weight = state[f"patch_embed{suffix}.proj.weight"]
     x = conv(x, weight, state[f"patch_embed{suffix}.proj.bias"], stride=weight.shape[2:]).flatten(2).transpose(1, 2)
@@ -83,14 +83,14 @@ def _encode(state, suffix, x, heads):
     pooled, n = [], 0
     while f"blocks{suffix}.{n}.norm1.weight" in state:
         pooled.append(x[:, 1:].mean(dim=1))
-        x, n = _block(state, f"blocks{suffix}.{n}", x, heads), n + 1
+        x, n = block(state, f"blocks{suffix}.{n}", x, heads), n + 1
     return x, pooled + [x[:, 1:].mean(dim=1)]
 
 
-def expert_forward(state, audio, video, heads):
+def expert_forward(state, audio, video, heads, block=_block):
     """-> (audio pooled states, video pooled states, fusion pooled states, head_av logits or None)."""
-    a, a_pooled = _encode(state, "", audio, heads)
-    v, v_pooled = _encode(state, "_v", video, heads)
+    a, a_pooled = _encode(state, "", audio, heads, block)
+    v, v_pooled = _encode(state, "_v", video, heads, block)
     length, xv, fused, n = a.shape[1], torch.cat([a, v], dim=1), [], 0
 
     def pool(x):
@@ -98,7 +98,7 @@ def expert_forward(state, audio, video, heads):
 
     while f"blocks_av.{n}.norm1.weight" in state:
         fused.append(pool(xv))
-        xv, n = _block(state, f"blocks_av.{n}", xv, heads), n + 1
+        xv, n = block(state, f"blocks_av.{n}", xv, heads), n + 1
     last = pool(xv)
     if "fc_norm_av.weight" in state:
         last = F.layer_norm(last, (last.shape[-1],), state["fc_norm_av.weight"], state["fc_norm_av.bias"], eps=1e-6)
@@ -160,6 +160,32 @@ def test_finetuned_export_gives_the_same_logits_in_the_expert_and_after_reimport
     logits = model(audio, video)
     torch.testing.assert_close(expert_forward(state, audio, video, cfg.encoder_heads)[3], logits, rtol=1e-4, atol=1e-5)
     assert torch.equal(from_avsuperb(state, cfg).eval()(audio, video), logits)
+
+
+def timm_block(state, prefix, x, heads):
+    """The expert's own block class: timm's ViT Block, loaded strictly from the exported names."""
+    from functools import partial
+
+    from timm.models.vision_transformer import Block
+
+    dim = x.shape[-1]
+    block = Block(dim, heads, mlp_ratio=state[f"{prefix}.mlp.fc1.weight"].shape[0] / dim, qkv_bias=True,
+                  norm_layer=partial(torch.nn.LayerNorm, eps=1e-6))
+    block.load_state_dict({k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")})
+    return block.eval()(x)
+
+
+@torch.no_grad()
+def test_timm_blocks_under_the_exported_names_give_our_logits():
+    pytest.importorskip("timm")
+    cfg = tiny_config("model.encoder_norm=false").model
+    torch.manual_seed(0)
+    model = Classifier(cfg, "audio+video", 5).eval()
+    torch.nn.init.normal_(model.head.weight, std=0.1)
+    state, _ = to_avsuperb(model)
+    audio, video = inputs(cfg)
+    logits = expert_forward(state, audio, video, cfg.encoder_heads, block=timm_block)[3]
+    torch.testing.assert_close(logits, model(audio, video), rtol=1e-4, atol=1e-5)
 
 
 @torch.no_grad()
