@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.data is None) == (not args.files):
         parser.error("give either --data SHARDS or video files")
+    if args.batch < 1 or args.workers < 0:
+        parser.error("--batch must be at least 1 and --workers at least 0")
     if args.out.suffix not in (".safetensors", ".npz"):
         parser.error("--out must end in .safetensors or .npz")
     if args.device == "cuda" and not torch.cuda.is_available():

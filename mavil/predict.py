@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", type=Path, help="class names: a JSON list or one name a line")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     args = parser.parse_args(argv)
+    if args.top_k < 1:
+        parser.error("--top-k must be at least 1")
     try:
         if args.device == "cuda" and not torch.cuda.is_available():
             raise BadInput("--device cuda, but no CUDA device is available")
