@@ -3,6 +3,7 @@
 Layout under the run directory:
     checkpoints/<tag>/...            DeepSpeed's own sharded state (model, optimizer), our client state
     checkpoints/<tag>/rng-rank<r>.pt each rank's RNG states (masking draws differ per rank)
+    checkpoints/<tag>/manifest.json  every other file of the tag with its size and sha256, written last
     checkpoints/latest               the newest complete tag, replaced atomically after every rank finished
     model.safetensors                the consolidated fp32 model, its config in the metadata (export)
 
@@ -16,11 +17,20 @@ directory is emptied before it is written anew, so no file of the crashed write 
 ones. Tags are `step<global step, 8 digits>`, so their names sort as their steps; `prune` keeps `latest`
 and the newest older tag before it, whatever the files' times, and leaves tags newer than `latest` alone
 (partial writes, overwritten when reached, or a run the user rolled back by editing `latest`).
+
+A checkpoint is trusted only when its manifest matches its files (`damage`). Resuming (`choose`) takes the tag
+`latest` names when it is intact; a damaged one (a file truncated, emptied, changed or gone, the manifest missing)
+is reported by name and the newest intact tag before it is used instead; a `latest` that is missing, unreadable or
+names no tag gives the newest intact tag, said so. A run directory that logged steps but holds no intact
+checkpoint is refused (`UnusableRun`) unless train.restart asks for a fresh start.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
+import sys
 import re
 import shutil
 from pathlib import Path
@@ -29,11 +39,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..config import ConfigError
 from . import inject
 
 LATEST = "latest"
 KEEP = 2  # `latest` and the one before it
 TAG = re.compile(r"step\d{8}")
+MANIFEST = "manifest.json"
+
+
+class UnusableRun(ConfigError):
+    """A run directory that holds a run but nothing it can resume from (one line naming the directory and why)."""
 
 
 def seed_rng(seed: int) -> None:
@@ -83,6 +99,7 @@ def save(engine, run_dir: Path, client_state: dict) -> None:
     torch.save(rng_state(), root / tag / f"rng-rank{rank}.pt")
     dist.barrier()
     if rank == 0:
+        write_atomically(root / tag / MANIFEST, json.dumps(manifest(root / tag), indent=1) + "\n")
         inject.kill_point("checkpoint_written", step, rank)
         write_atomically(root / LATEST, tag)
         inject.kill_point("latest", step, rank)
@@ -97,19 +114,126 @@ def prune(root: Path, latest: str, keep: int) -> None:
         shutil.rmtree(root / name, ignore_errors=True)
 
 
+def manifest(tag_dir: Path) -> dict:
+    """{file name: {"bytes", "sha256"}} for every file of a tag but the manifest (DeepSpeed writes no subfolders)."""
+    files = {}
+    for path in sorted(tag_dir.iterdir()):
+        if path.is_file() and path.name != MANIFEST and not path.name.startswith("."):
+            with open(path, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+            files[path.name] = {"bytes": path.stat().st_size, "sha256": digest}
+    return files
+
+
+def damage(tag_dir: Path) -> str | None:
+    """Why the checkpoint `tag_dir` cannot be trusted (its first mismatch with the manifest), or None when intact."""
+    if not tag_dir.is_dir():
+        return "its directory is missing"
+    try:
+        expected = json.loads((tag_dir / MANIFEST).read_text())
+    except FileNotFoundError:
+        return f"no {MANIFEST} (a write that did not finish)"
+    except (OSError, ValueError) as err:
+        return f"{MANIFEST} unreadable ({err})"
+    if not isinstance(expected, dict) or not expected:
+        return f"{MANIFEST} lists no files"
+    for name, want in expected.items():
+        path = tag_dir / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != want["bytes"]:
+            return f"{name} has {path.stat().st_size} bytes, the manifest says {want['bytes']}"
+    found = manifest(tag_dir)
+    for name, want in expected.items():
+        if found[name]["sha256"] != want["sha256"]:
+            return f"{name} differs from its checksum"
+    return None
+
+
 def latest_tag(run_dir: Path) -> str | None:
+    """The tag `latest` names, or None where `latest` is missing or holds no tag name."""
     path = run_dir / "checkpoints" / LATEST
-    return path.read_text().strip() if path.is_file() else None
+    try:
+        text = path.read_bytes().decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if TAG.fullmatch(text) else None
 
 
-def load_latest(engine, run_dir: Path) -> dict | None:
-    """Restores the newest complete checkpoint into `engine` and this rank's RNG; -> its client state, or None."""
-    tag = latest_tag(run_dir)
+def tags(run_dir: Path) -> list[str]:
+    """Every tag directory's name, newest first."""
+    root = run_dir / "checkpoints"
+    names = [p.name for p in root.iterdir() if p.is_dir() and TAG.fullmatch(p.name)] if root.is_dir() else []
+    return sorted(names, reverse=True)
+
+
+def choose(run_dir: Path) -> tuple[str | None, list[str]]:
+    """-> (the tag to resume from or None, notes saying what was passed over and why): `latest`'s tag when intact,
+    else the newest intact tag (before `latest`'s when it names one)."""
+    root, notes = run_dir / "checkpoints", []
+    named = latest_tag(run_dir)
+    if named is not None:
+        why = damage(root / named)
+        if why is None:
+            return named, notes
+        notes.append(f"checkpoint {root / named} (named by {root / LATEST}) is damaged: {why}")
+    elif (root / LATEST).exists():
+        notes.append(f"{root / LATEST} names no checkpoint")
+    elif tags(run_dir):
+        notes.append(f"{root / LATEST} is missing")
+    for tag in tags(run_dir):
+        if named is not None and tag >= named:
+            continue
+        why = damage(root / tag)
+        if why is None:
+            return tag, notes
+        notes.append(f"checkpoint {root / tag} is damaged: {why}")
+    return None, notes
+
+
+def resume_tag(run_dir: Path, restart: bool) -> str | None:
+    """The tag a launch resumes from, chosen by rank 0 and told to every rank; notes printed by rank 0. Raises
+    UnusableRun (on every rank) for a directory that logged steps and has no intact checkpoint, unless `restart`."""
+    choice: list = [None, None]
+    if dist.get_rank() == 0:
+        tag, notes = (None, []) if restart else choose(run_dir)
+        if tag is not None and notes:
+            print(f"warning: {'; '.join(notes)}: resuming from {run_dir / 'checkpoints' / tag}", file=sys.stderr,
+                  flush=True)
+        elif tag is None and not restart and logged_steps(run_dir):
+            why = f" ({'; '.join(notes)})" if notes else ""
+            choice[1] = (f"{run_dir} holds a run that logged {logged_steps(run_dir)} steps but no intact checkpoint"
+                         f"{why}; set train.restart=true to start it afresh (its logs and checkpoints are replaced), "
+                         f"or choose another train.output_dir")
+        choice[0] = tag
+    dist.broadcast_object_list(choice, src=0)
+    if choice[1] is not None:
+        raise UnusableRun(choice[1])
+    return choice[0]
+
+
+def discard(run_dir: Path) -> None:
+    """train.restart: the run's checkpoints go (its logs are cut back to nothing when training starts)."""
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+
+
+def logged_steps(run_dir: Path) -> int:
+    """The number of logging lines in metrics.jsonl (0 when none)."""
+    path = run_dir / "metrics.jsonl"
+    try:
+        return sum(1 for text in path.read_text(errors="replace").splitlines() if '"event"' not in text and text)
+    except OSError:
+        return 0
+
+
+def load(engine, run_dir: Path, tag: str | None) -> dict | None:
+    """Restores checkpoint `tag` (`resume_tag`'s choice) into `engine` and this rank's RNG; -> its client state, or
+    None for no tag."""
     if tag is None:
         return None
     root = run_dir / "checkpoints"
     path, client_state = engine.load_checkpoint(str(root), tag=tag)
     if path is None:
-        raise RuntimeError(f"{root / tag}: DeepSpeed could not load the checkpoint that {root / LATEST} names")
+        raise RuntimeError(f"{root / tag}: DeepSpeed could not load the checkpoint")
     set_rng_state(torch.load(root / tag / f"rng-rank{dist.get_rank()}.pt", weights_only=False))
     return client_state

@@ -22,15 +22,17 @@ from pathlib import Path
 
 from ..config import ModelConfig
 from ..model import MAViL, save_weights
-from .checkpoint import latest_tag
+from .checkpoint import choose
 
 
 def export(run_dir: Path, out: Path | None = None) -> Path:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    tag = latest_tag(run_dir)
+    tag, notes = choose(run_dir)  # verified against its manifest; a damaged newest one passed over, said so
     if tag is None:
-        raise FileNotFoundError(f"{run_dir}: no complete checkpoint (checkpoints/latest is missing)")
+        raise FileNotFoundError(f"{run_dir}: no intact checkpoint" + (f" ({'; '.join(notes)})" if notes else ""))
+    if notes:
+        print(f"warning: {'; '.join(notes)}: exporting {run_dir / 'checkpoints' / tag}", file=sys.stderr)
     # the run's own, already validated config; the student alone is rebuilt, so its teacher file is not needed
     model_cfg = ModelConfig(**json.loads((run_dir / "config.json").read_text())["model"])
     state = get_fp32_state_dict_from_zero_checkpoint(str(run_dir / "checkpoints"), tag=tag)

@@ -53,7 +53,9 @@ class Preemption:
         if self.done:
             return
         if not self.armed:
-            print(f"error: stopped by {name} before training started; nothing to save", file=sys.stderr, flush=True)
+            if os.environ.get("RANK", "0") == "0":  # the others are stopped by the launcher because rank 0 was
+                print(f"error: stopped by {name} before training started; nothing to save", file=sys.stderr,
+                      flush=True)
             os._exit(128 + signum)
         if self.reason is None:
             self.reason, self.first_at = name, time.monotonic()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from ..config import Config, ConfigError, config_parser, deepspeed_config, load_
 from ..deps import MissingDependency
 from ..model import save_weights
 from ..model.vit import resolve_attention
-from . import checkpoint, inject
+from . import checkpoint, inject, runlock
 from .launch import init_distributed, launched_world_size
 from .metrics import Metrics, rewind
 from .numerics import NonFiniteStop, StepGuard, check_deepspeed, loss_to_backward
@@ -49,6 +50,9 @@ class Trainer:
     def __init__(self, cfg: Config, rank: int, world: int, device: torch.device):
         self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
         self.run_dir = Path(cfg.train.output_dir)
+        self.resume_tag = checkpoint.resume_tag(self.run_dir, cfg.train.restart)  # refuses a run it cannot resume
+        if cfg.train.restart and rank == 0:
+            checkpoint.discard(self.run_dir)
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
         model = self.build_model()
         checkpoint.seed_rng(cfg.train.seed * 1000 + rank)  # masks and mixing differ per rank
@@ -67,7 +71,7 @@ class Trainer:
         """A relaunch that will resume a checkpoint under another config than the run's: say what changed (the run
         goes on: lengthening train.epochs or train.max_steps is a change users make on purpose)."""
         saved = self.run_dir / "config.json"
-        if checkpoint.latest_tag(self.run_dir) is None or not saved.is_file():
+        if self.resume_tag is None or not saved.is_file():
             return
         changes = config_changes(json.loads(saved.read_text()), self.cfg.to_dict())
         if changes:
@@ -128,7 +132,7 @@ class Trainer:
         return total
 
     def run(self) -> Path:
-        state = checkpoint.load_latest(self.engine, self.run_dir) or {"epoch": 0, "micro_step": 0}
+        state = checkpoint.load(self.engine, self.run_dir, self.resume_tag) or {"epoch": 0, "micro_step": 0}
         self.rewind_logs(self.engine.global_steps)
         if self.engine.global_steps and self.rank == 0:
             print(f"resuming at step {self.engine.global_steps}: epoch {state['epoch']}, micro-batch {state['micro_step']}")
@@ -276,6 +280,8 @@ def main(trainer_class: type[Trainer], argv: list[str] | None, doc: str) -> int:
     preemption = Preemption()  # from here a signal is one line, never a traceback
     try:
         cfg = checked_config(trainer_class, args.config, args.overrides)
+        if int(os.environ.get("RANK", 0)) == 0:  # before the process group (its port) and before the run directory
+            runlock.acquire(Path(cfg.train.output_dir))
     except (ConfigError, MissingDependency) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

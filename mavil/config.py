@@ -210,6 +210,7 @@ class TrainConfig:
     record_keys: bool = False  # append each rank's clip keys per epoch to keys-rank<r>.jsonl (audits of the data order)
     device: str = "cuda"  # "cuda": one GPU per rank, refused where torch sees none; "cpu": train on the CPU (demo, tests)
     compile: bool = False  # wrap the model in torch.compile (off until measured on a GPU)
+    restart: bool = False  # start afresh in a run directory that holds a run: its checkpoints and logs are replaced
 
     @property
     def lr(self) -> float:
