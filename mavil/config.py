@@ -238,6 +238,7 @@ class TrainConfig:
             check.positive("max_steps", self.max_steps)
         check.positive("max_bad_steps", self.max_bad_steps)
         check.choice("device", self.device, DEVICES)
+        check.that("output_dir", self.output_dir, self.output_dir.strip() != "", "must name a directory")
 
 
 FINETUNE_MODES = ("audio", "video", "audio+video", "retrieval")
@@ -352,8 +353,11 @@ def _coerce(value: Any, hint: Any, check: Checker, key: str) -> Any:
             check.fail(key, value, f"must be a list, got {type(value).__name__}")
         return [_coerce(v, args[0], check, key) for v in value]
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        check.that(key, value, math.isfinite(value), "must be a finite number")
         return float(value)
     if hint in (int, bool, str) and type(value) is hint:
+        if hint is int and key.endswith("seed"):  # seeds feed NumPy and DALI: 32 bits
+            check.that(key, value, 0 <= value < 2**32, f"must be in [0, {2**32 - 1}]")
         return value
     if hint is dict and isinstance(value, dict):
         return value
@@ -391,7 +395,38 @@ def config_from_dict(raw: Any, source: str = "<dict>") -> Config:
     deepspeed = raw.get("deepspeed", {})
     if not isinstance(deepspeed, dict):
         raise ConfigError(f"{source}: section 'deepspeed' must be a JSON object, got {type(deepspeed).__name__}")
+    check_deepspeed_keys(deepspeed, source, sections["train"].device)
     return Config(**sections, deepspeed=deepspeed, source=source)
+
+
+DEEPSPEED_KEYS = (  # the top-level keys of DeepSpeed's config that a run may set here
+    *DEEPSPEED_BATCH_KEYS, "fp16", "bf16", "amp", "gradient_clipping", "prescale_gradients",
+    "gradient_predivide_factor", "sparse_gradients", "zero_optimization", "zero_allow_untested_optimizer",
+    "zero_force_ds_cpu_optimizer", "steps_per_print", "wall_clock_breakdown", "dump_state", "memory_breakdown",
+    "flops_profiler", "activation_checkpointing", "comms_logger", "tensorboard", "wandb", "csv_monitor", "comet",
+    "communication_data_type", "checkpoint", "data_types", "aio", "timers", "torch_autocast", "compile")
+DEEPSPEED_OBJECTS = ("fp16", "bf16", "amp", "zero_optimization", "flops_profiler", "activation_checkpointing",
+                     "comms_logger", "tensorboard", "wandb", "csv_monitor", "comet", "checkpoint", "data_types",
+                     "aio", "timers", "torch_autocast", "compile")
+DEEPSPEED_OWNED = {"optimizer": "train.lr_base, train.betas and train.weight_decay (AdamW)",
+                   "scheduler": "train.lr_base, train.min_lr, train.warmup_epochs and train.epochs (warm-up, cosine)"}
+
+
+def check_deepspeed_keys(deepspeed: dict, source: str, device: str) -> None:
+    """The `deepspeed` section's keys: known to DeepSpeed, not the optimizer or schedule (the engine owns them), the
+    sections that are objects objects, and no fp16 on a CPU (DeepSpeed's CPU accelerator has no fp16 optimizer)."""
+    for key, value in deepspeed.items():
+        if key in DEEPSPEED_OWNED:
+            raise ConfigError(f"{source}: deepspeed.{key}: the engine sets the optimizer and its schedule itself "
+                              f"(AdamW, warm-up then half-cycle cosine); set {DEEPSPEED_OWNED[key]} instead")
+        if key not in DEEPSPEED_KEYS:
+            raise ConfigError(f"{source}: unknown key 'deepspeed.{key}' (known keys: {', '.join(DEEPSPEED_KEYS)})")
+        if key in DEEPSPEED_OBJECTS and not isinstance(value, dict):
+            raise ConfigError(f"{source}: deepspeed.{key} = {json.dumps(value)}: must be a JSON object (for "
+                              f"example {{\"{'stage' if key == 'zero_optimization' else 'enabled'}\": ...}})")
+    if device == "cpu" and deepspeed.get("fp16", {}).get("enabled", False):
+        raise ConfigError(f"{source}: deepspeed.fp16.enabled = true: fp16 does not train on the CPU "
+                          f"(train.device = \"cpu\"); use deepspeed.bf16.enabled or fp32")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -426,9 +461,11 @@ def load_config(path: str | Path, overrides: typing.Iterable[str] = ()) -> Confi
     """Reads a JSON config, applies command-line overrides, validates; raises ConfigError naming the problem."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"{path}: cannot read the config: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {err.start}); a config is JSON text") from None
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as err:

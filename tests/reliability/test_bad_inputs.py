@@ -116,6 +116,19 @@ CASES = [
         names=("deepspeed.train_batch_size = 32", "16")),
     pre("deepspeed.zero_optimization.stage=3", wrong="a ZeRO stage that would apply a step with NaN gradients",
         names=("deepspeed.zero_optimization.stage = 3", "must be 1 or 2")),
+    pre("deepspeed.zero_optimization=2", wrong="a DeepSpeed section that must be an object given a number",
+        names=("deepspeed.zero_optimization = 2", "must be a JSON object")),
+    pre("deepspeed.zero_optimizaton.stage=2", wrong="a misspelt DeepSpeed key", names=("'deepspeed.zero_optimizaton'",)),
+    pre("deepspeed.optimizer.type=Adam", wrong="a DeepSpeed optimizer section (the engine owns the optimizer)",
+        names=("deepspeed.optimizer", "train.lr_base")),
+    pre("deepspeed.scheduler.type=WarmupLR", wrong="a DeepSpeed scheduler section (the engine owns the schedule)",
+        names=("deepspeed.scheduler", "train.warmup_epochs")),
+    pre("deepspeed.fp16.enabled=true", wrong="fp16 on the CPU", names=("deepspeed.fp16.enabled", "CPU")),
+    pre("train.seed=99999999999999", wrong="a seed beyond 32 bits", names=("train.seed = 99999999999999", "4294967295")),
+    pre("model.mlp_ratio=Infinity", wrong="a float that is not finite", names=("model.mlp_ratio = Infinity", "finite")),
+    pre("train.output_dir=", wrong="an empty run directory name", names=("train.output_dir", "must name a directory")),
+    Case("pretrain", ("--config", "cfg/latin1.json"), wrong="a config file that is not UTF-8",
+         names=("cfg/latin1.json", "UTF-8")),
     pre("train.max_bad_steps=0", wrong="no skipped step allowed before stopping", names=("train.max_bad_steps = 0",)),
     pre("data.max_bad_fraction=1.5", wrong="a fraction of unusable clips above 1", names=("data.max_bad_fraction = 1.5",)),
     # shard directories
@@ -214,6 +227,7 @@ def make_configs(cfg: Path) -> None:
     del default_device["train"]["device"]
     write_json(cfg / "default-device.json", default_device)
     (cfg / "trailing-comma.json").write_text('{\n  "model": {"mask_ratio": 0.8},\n}\n')
+    (cfg / "latin1.json").write_bytes('{"train": {"output_dir": "run-\u00e9t\u00e9"}}\n'.encode("latin-1"))
     (cfg / "list.json").write_text("[1, 2]\n")
     write_json(cfg / "unknown-section.json", {"optimiser": {"lr": 1e-3}})
 
