@@ -32,6 +32,7 @@ from ..data.shards import read_manifest
 from ..deps import require
 from ..model.attention import why_xformers_unavailable
 from ..model.classifier import encoder_names
+from ..model.contrastive import check_groups
 from ..model.pretrained import SOURCES, check_init
 from ..model.weights import architecture_differences, read_header, stored_architecture
 from .launch import why_no_cuda
@@ -46,6 +47,10 @@ def check_pretraining(cfg: Config, world: int) -> None:
     if cfg.model.stage == 2:
         _check_weights(cfg, Checker(cfg.source, "model"), "teacher", cfg.model.teacher, TEACHER_PARTS, same_grid=True)
     _check_inits(cfg, ("audio_encoder", "video_encoder"))
+    try:  # InfoNCE groups of model.contrastive_group clips from this micro-batch and world size
+        check_groups(cfg.model.contrastive_group, cfg.train.micro_batch, world)
+    except ValueError as err:
+        Checker(cfg.source, "model").fail("contrastive_group", cfg.model.contrastive_group, str(err).split(": ", 1)[1])
     _check_packages()
 
 

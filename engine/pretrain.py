@@ -24,6 +24,7 @@ import torch
 
 from ..data.pipeline import Loader, LoaderSpec
 from ..model import build_model, load_teacher
+from ..model.contrastive import check_groups
 from ..model.flops import step_flops
 from .launch import checked_health, dataset_root
 from .optim import param_groups
@@ -43,6 +44,8 @@ class Pretrainer(Trainer):
 
     def build_model(self) -> torch.nn.Module:
         model = build_model(self.cfg.model)
+        model.micro_batch = self.cfg.train.micro_batch  # InfoNCE groups: every rank takes the same path
+        check_groups(self.cfg.model.contrastive_group, model.micro_batch, self.world)
         if self.rank == 0:
             for report in model.init_reports:  # model.video_init / audio_init
                 print(report)

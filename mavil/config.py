@@ -90,6 +90,10 @@ class ModelConfig:
     tau_intra: float = 1.0
     contrastive_symmetric: bool = False  # Eq. 2 is one-directional; True averages both directions
     global_negatives: bool = False  # contrast against the embeddings of every data-parallel rank, not the local batch
+    # clips per InfoNCE group (mavil.model.contrastive): 8, the paper's clips per GPU, on any number of GPUs; a larger
+    # micro-batch splits into groups, smaller ones are gathered over ranks. None: the micro-batch (or all ranks' with
+    # global_negatives, which excludes a group)
+    contrastive_group: Optional[int] = 8
     grad_checkpointing: bool = False  # recompute each transformer block in backward: less memory, more compute
 
     @property
@@ -141,6 +145,12 @@ class ModelConfig:
             check.that(key, getattr(self, key), getattr(self, key) >= 0, "must be >= 0")
         for key in ("tau_inter", "tau_intra"):
             check.positive(key, getattr(self, key))
+        if self.contrastive_group is not None:
+            check.that("contrastive_group", self.contrastive_group, self.contrastive_group >= 2,
+                       "must be >= 2 (a query needs a negative) or null")
+            check.that("contrastive_group", self.contrastive_group, not self.global_negatives,
+                       "excludes model.global_negatives = true (every rank's clips, a number that depends on the "
+                       "GPUs): set model.contrastive_group=null to use those")
 
     def _validate_visible(self, check: Checker) -> None:
         for name, tokens in (("audio", self.audio_tokens), ("video", self.video_tokens)):

@@ -13,12 +13,14 @@ with a_emb the mean of a_um over its visible tokens ([CLS] excluded), as the pap
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..kernels import info_nce, info_nce_global, masked_mse
+from ..kernels import masked_mse
+from .contrastive import grouped_info_nce
 from .encoder import ModalityDecoder, ModalityEncoder
 from .fusion import BottleneckFusion, VanillaFusion
 from .masking import Masking, random_masking
@@ -107,6 +109,7 @@ class MAViL(nn.Module):
             self._check_teacher(teacher)
             teacher.requires_grad_(False).eval()
         self.__dict__["teacher"] = teacher  # not a submodule: no parameters, no state_dict entries
+        self.micro_batch: int | None = None  # clips per rank (train.micro_batch, set by the engine) for the groups
         self._teacher_follows_student()
 
     def _target_dims(self, teacher: Backbone | None) -> tuple[int, int]:
@@ -203,7 +206,8 @@ class MAViL(nn.Module):
     def _contrastive(self, a_tokens, v_tokens, a_um, v_um, a_mask: Masking, v_mask: Masking) -> dict[str, torch.Tensor]:
         """Eq. 3: inter-modal InfoNCE between the views' pooled embeddings, intra-modal against a second view."""
         cfg, parts = self.cfg, {}
-        contrast = info_nce_global if cfg.global_negatives else info_nce
+        contrast = partial(grouped_info_nce, group=cfg.contrastive_group, global_negatives=cfg.global_negatives,
+                           micro_batch=self.micro_batch)  # groups of clips (contrastive.py), not the cluster's shape
         a_emb, v_emb = pooled(a_um), pooled(v_um)
         if cfg.alpha > 0:
             parts["loss_inter"] = contrast(a_emb, v_emb, cfg.tau_inter, cfg.contrastive_symmetric)

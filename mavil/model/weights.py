@@ -88,9 +88,11 @@ def load_teacher(path: str | Path) -> Backbone:
 
 def _backbone_config(path: str | Path, raw_cfg: dict) -> ModelConfig:
     # Only the backbone matters to a reader, so the stored model's own stage and teacher do not.
-    # Nor do the files its encoders were initialised from (they need not exist where the export is read).
-    return model_config_from_dict({**raw_cfg, "stage": 1, "teacher": None, "video_init": None, "audio_init": None},
-                                  source=f"{path} metadata")
+    # Nor do the files its encoders were initialised from (they need not exist where the export is read), nor its
+    # losses' grouping (an export from before model.contrastive_group may hold global_negatives = true).
+    raw_cfg = {**raw_cfg, "stage": 1, "teacher": None, "video_init": None, "audio_init": None,
+               "contrastive_group": None}
+    return model_config_from_dict(raw_cfg, source=f"{path} metadata")
 
 
 def stored_architecture(path: str | Path, parts: tuple[str, ...]) -> ModelConfig:
