@@ -172,3 +172,18 @@ def test_build_model_initialises_the_video_encoder_from_model_video_init(tmp_pat
     block = model.backbone.video_encoder.transformer.blocks[1].mlp.fc2.weight
     torch.testing.assert_close(block, vit.blocks[1].mlp.fc2.weight, rtol=0, atol=0)
     assert build_model(tiny_config().model).init_reports == []
+
+
+def test_fine_tuning_classifier_takes_the_init_and_a_norm_free_encoder_skips_mae_norm(tmp_path):
+    from mavil.model.classifier import Classifier
+
+    vit = reference_vit(64, 3, 64, 2, 4)
+    path = tmp_path / "mae.pth"
+    save_as_mae(vit, path)
+    cfg = config(video_frames=4, video_size=64, video_pos="2d+t", encoder_dim=64, encoder_depth=2, encoder_heads=4,
+                 video_init=str(path), audio_init=str(path))
+    (report,) = load_inits(Classifier(cfg, "video", 3), cfg)  # a video classifier has no audio encoder to load
+    assert report.encoder == "video_encoder" and "transformer.norm.weight" in report.loaded
+    norm_free = dataclasses.replace(cfg, encoder_norm=False)
+    (report,) = load_inits(Classifier(norm_free, "video", 3), norm_free)
+    assert {"norm.weight", "norm.bias"} <= set(report.skipped) and report.missing == []
