@@ -51,7 +51,20 @@ def check_pretraining(cfg: Config, world: int) -> None:
         check_groups(cfg.model.contrastive_group, cfg.train.micro_batch, world)
     except ValueError as err:
         Checker(cfg.source, "model").fail("contrastive_group", cfg.model.contrastive_group, str(err).split(": ", 1)[1])
+    _check_contrastive_clips(cfg, world)
     _check_packages()
+
+
+def _check_contrastive_clips(cfg: Config, world: int) -> None:
+    """InfoNCE over one clip is exactly 0: a contrastive term (alpha or beta > 0) needs at least 2 clips to contrast."""
+    model = cfg.model
+    if (model.alpha == 0 and model.beta == 0) or model.contrastive_group is not None:  # groups are >= 2 (config)
+        return
+    clips = cfg.train.micro_batch * (world if model.global_negatives else 1)
+    if clips < 2:
+        why = (f"InfoNCE over {clips} clip is 0 (model.alpha = {model.alpha:g}, model.beta = {model.beta:g}): use 2 "
+               f"or more clips per micro-batch, model.global_negatives on several ranks, or model.alpha=0 model.beta=0")
+        Checker(cfg.source, "train").fail("micro_batch", cfg.train.micro_batch, why)
 
 
 def check_finetuning(cfg: Config, world: int) -> None:

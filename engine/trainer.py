@@ -50,6 +50,9 @@ class Trainer:
     def __init__(self, cfg: Config, rank: int, world: int, device: torch.device):
         self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
         self.run_dir = Path(cfg.train.output_dir)
+        if self.health is not None and self.health.usable < cfg.train.global_batch:  # steps would be short
+            raise ConfigError(f"{cfg.source}: train.global_batch = {cfg.train.global_batch}: the training set "
+                              f"{self.health.root} has {self.health.usable} usable clips, fewer than one global batch")
         self.resume_tag = checkpoint.resume_tag(self.run_dir, cfg.train.restart)  # refuses a run it cannot resume
         if cfg.train.restart and rank == 0:
             checkpoint.discard(self.run_dir)
@@ -127,8 +130,8 @@ class Trainer:
         dist.all_reduce(count, op=dist.ReduceOp.MIN)
         total = int(count) // self.accumulation * self.accumulation
         if total == 0:
-            raise ValueError(f"{len(loader)} micro-batches on a rank, fewer than the {self.accumulation} accumulation "
-                             f"steps of one optimizer step (train.global_batch too large for the data)")
+            raise ConfigError(f"{len(loader)} micro-batches on a rank, fewer than the {self.accumulation} accumulation "
+                              f"steps of one optimizer step (train.global_batch too large for the data)")
         return total
 
     def run(self) -> Path:

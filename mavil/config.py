@@ -169,7 +169,7 @@ class DataConfig:
     audio_mean: float = -4.2677  # AudioSet fbank statistics; normalised as (x - mean) / (2 * std)
     audio_std: float = 4.5690
     sample_rate: int = 16000
-    video_fps: float = 2.0
+    video_fps: float = 2.0  # fixed: prepare stores every clip's video at 2 fps (the paper's rate)
     crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])  # multi-scale random crop
     flip_prob: float = 0.5
     time_shift: bool = True  # "R": random start with cyclic rolling in time
@@ -184,7 +184,8 @@ class DataConfig:
     def validate(self, check: Checker) -> None:
         check.positive("audio_std", self.audio_std)
         check.positive("sample_rate", self.sample_rate)
-        check.positive("video_fps", self.video_fps)
+        check.that("video_fps", self.video_fps, self.video_fps == 2.0,
+                   "must be 2: the shards store video at 2 fps (python -m mavil.data.prepare), the paper's rate")
         check.length("crop_scale", self.crop_scale, 2)
         low, high = self.crop_scale
         check.that("crop_scale", self.crop_scale, 0.0 < low <= high <= 1.0, "needs 0 < min <= max <= 1")
@@ -210,7 +211,6 @@ class TrainConfig:
     min_lr: float = 1e-6
     weight_decay: float = 1e-5
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    grad_clip: Optional[float] = None  # the paper clips nothing
     seed: int = 0
     output_dir: str = "runs/stage1"
     log_every: int = 10  # optimizer steps between metrics lines
@@ -240,8 +240,6 @@ class TrainConfig:
         check.that("weight_decay", self.weight_decay, self.weight_decay >= 0, "must be >= 0")
         check.length("betas", self.betas, 2)
         check.that("betas", self.betas, all(0.0 <= b < 1.0 for b in self.betas), "each must be in [0, 1)")
-        if self.grad_clip is not None:
-            check.positive("grad_clip", self.grad_clip)
         check.positive("log_every", self.log_every)
         check.that("checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 0, "must be >= 0")
         if self.max_steps is not None:
@@ -374,14 +372,22 @@ def _coerce(value: Any, hint: Any, check: Checker, key: str) -> Any:
     check.fail(key, value, f"must be {hint.__name__}, got {type(value).__name__}")
 
 
+RETIRED_KEYS = {  # keys that did nothing, accepted as null only (configs and run directories that still hold them)
+    "train.grad_clip": "no longer a key: the paper clips no gradients; deepspeed.gradient_clipping clips if you must"}
+
+
 def _section_from_dict(cls: type, raw: Any, source: str, section: str):
     check = Checker(source, section)
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: section '{section}' must be a JSON object, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
     known = [f.name for f in dataclasses.fields(cls)]
-    for key in raw:
-        if key not in known:
+    for key in list(raw):
+        if f"{section}.{key}" in RETIRED_KEYS and raw[key] is None:  # older files and run directories say null
+            raw = {k: v for k, v in raw.items() if k != key}
+        elif f"{section}.{key}" in RETIRED_KEYS:
+            check.fail(key, raw[key], RETIRED_KEYS[f"{section}.{key}"])
+        elif key not in known:
             raise ConfigError(f"{source}: unknown key '{section}.{key}' (known keys: {', '.join(known)})")
     values = {key: _coerce(value, hints[key], check, key) for key, value in raw.items()}
     obj = cls(**values)

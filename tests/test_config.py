@@ -19,7 +19,7 @@ def test_stage1_config_carries_the_paper_settings():
     assert (m.alpha, m.tau_inter, m.beta, m.tau_intra) == (0.1, 0.1, 0.01, 1.0)
     assert m.norm_pix_loss and not m.contrastive_symmetric and m.drop_path == 0.0
     assert (t.global_batch, t.epochs, t.warmup_epochs, t.lr_base, t.min_lr) == (512, 20, 4, 2e-4, 1e-6)
-    assert (t.weight_decay, t.betas, t.grad_clip) == (1e-5, [0.9, 0.95], None)
+    assert (t.weight_decay, t.betas) == (1e-5, [0.9, 0.95])
     assert t.lr == pytest.approx(4e-4)  # lr_eff = lr_base * 512 / 256
     assert (d.audio_mean, d.audio_std, d.crop_scale, d.flip_prob) == (-4.2677, 4.569, [0.2, 1.0], 0.5)
 
@@ -151,6 +151,6 @@ def test_finetune_configs_carry_table_10(name):
     actual = (t.lr_base, t.warmup_epochs, t.epochs, t.global_batch, ft.weighted_sampling, ft.noise,
               (ft.specaug_time, ft.specaug_freq), ft.mixup, ft.loss, cfg.data.audio_mean, cfg.data.audio_std)
     assert actual == TABLE_10[name]
-    assert (t.weight_decay, t.betas, t.min_lr, t.grad_clip, cfg.model.drop_path) == (1e-5, [0.9, 0.95], 1e-6, None, 0.1)
+    assert (t.weight_decay, t.betas, t.min_lr, cfg.model.drop_path) == (1e-5, [0.9, 0.95], 1e-6, 0.1)
     assert ft.sampling_size == 200_000 and (ft.mask_time, ft.mask_freq, ft.mask_video) == (0.2, 0.2, 0.2)
     assert ft.balance_fraction == (0.5 if name == "spc1" else 0.0)  # Table 10's *: SPC's classes repeated

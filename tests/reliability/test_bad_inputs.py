@@ -129,6 +129,11 @@ CASES = [
     pre("train.output_dir=", wrong="an empty run directory name", names=("train.output_dir", "must name a directory")),
     Case("pretrain", ("--config", "cfg/latin1.json"), wrong="a config file that is not UTF-8",
          names=("cfg/latin1.json", "UTF-8")),
+    pre("train.grad_clip=1.0", wrong="gradient clipping through a key that never clipped (retired)",
+        names=("train.grad_clip = 1.0", "deepspeed.gradient_clipping")),
+    pre("data.video_fps=4", wrong="a video rate the shards do not store", names=("data.video_fps = 4.0", "2 fps")),
+    pre("model.contrastive_group=null", "train.micro_batch=1", "train.global_batch=1",
+        wrong="InfoNCE over micro-batches of one clip (always 0)", names=("train.micro_batch = 1", "InfoNCE")),
     pre("train.max_bad_steps=0", wrong="no skipped step allowed before stopping", names=("train.max_bad_steps = 0",)),
     pre("data.max_bad_fraction=1.5", wrong="a fraction of unusable clips above 1", names=("data.max_bad_fraction = 1.5",)),
     # shard directories
