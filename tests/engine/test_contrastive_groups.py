@@ -26,7 +26,7 @@ def clips():
 def reference(x, y, symmetric):
     """Per-query losses, each query against the keys of its own group of GROUP consecutive clips (one process)."""
     rows = []
-    for start in range(0, CLIPS, GROUP):
+    for start in range(0, x.shape[0], GROUP):
         xs, ys = F.normalize(x[start:start + GROUP], dim=1), F.normalize(y[start:start + GROUP], dim=1)
         logits, labels = xs @ ys.T / TAU, torch.arange(GROUP)
         loss = F.cross_entropy(logits, labels, reduction="none")
@@ -36,26 +36,26 @@ def reference(x, y, symmetric):
     return torch.cat(rows)
 
 
-def run_ranks(world: int, symmetric: bool):
-    """Each rank holds CLIPS / world consecutive clips; -> the mean of the ranks' losses and the data-parallel
-    gradients (the ranks' gradients averaged), as DeepSpeed would combine them."""
-    x, y = (t.clone().requires_grad_() for t in clips())
+def run_ranks(world: int, symmetric: bool, total: int):
+    """Each rank holds total / world consecutive clips of the first `total`; -> the mean of the ranks' losses and
+    the data-parallel gradients (the ranks' gradients averaged), as DeepSpeed would combine them."""
+    x, y = (t[:total].clone().requires_grad_() for t in clips())
     if world == 1:
-        loss = grouped_info_nce(x, y, TAU, symmetric, group=GROUP, micro_batch=CLIPS)
+        loss = grouped_info_nce(x, y, TAU, symmetric, group=GROUP, micro_batch=total)
         loss.backward()
         return loss.detach(), x.grad, y.grad
     results = mp.Manager().dict()
-    mp.spawn(worker, args=(free_port(), world, symmetric, results), nprocs=world, join=True)
+    mp.spawn(worker, args=(free_port(), world, symmetric, total, results), nprocs=world, join=True)
     loss = sum(results[r][0] for r in range(world)) / world
     return loss, torch.cat([results[r][1] for r in range(world)]) / world, \
         torch.cat([results[r][2] for r in range(world)]) / world
 
 
-def worker(rank, port, world, symmetric, results):
+def worker(rank, port, world, symmetric, total, results):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     x, y = clips()
-    share = CLIPS // world
+    share = total // world
     mine = slice(rank * share, (rank + 1) * share)
     x_local, y_local = x[mine].clone().requires_grad_(), y[mine].clone().requires_grad_()
     loss = grouped_info_nce(x_local, y_local, TAU, symmetric, group=GROUP, micro_batch=share)
@@ -75,13 +75,14 @@ def test_one_rank_splits_its_micro_batch_into_groups(symmetric):
     torch.testing.assert_close(grouped_info_nce(x, y, TAU, symmetric, group=None), info_nce(x, y, TAU, symmetric))
 
 
-@pytest.mark.parametrize("world,symmetric", [(2, True), (4, False)])  # 8 clips per rank: local; 4: gathered in pairs
-def test_ranks_give_the_loss_and_gradients_of_one_process(world, symmetric):
-    x, y = (t.clone().requires_grad_() for t in clips())
+# 2 ranks of 8 clips: each splits its own group; 2 ranks of 4 clips: the two form one group, gathered
+@pytest.mark.parametrize("total,symmetric", [(16, True), (8, False)])
+def test_two_ranks_give_the_loss_and_gradients_of_one_process(total, symmetric):
+    x, y = (t[:total].clone().requires_grad_() for t in clips())
     objective = reference(x, y, symmetric).mean()
     objective.backward()
-    loss, grad_x, grad_y = run_ranks(world, symmetric)
-    one, one_x, one_y = run_ranks(1, symmetric)
+    loss, grad_x, grad_y = run_ranks(2, symmetric, total)
+    one, one_x, one_y = run_ranks(1, symmetric, total)
     for got in (loss, one):
         torch.testing.assert_close(got, objective.detach())
     for got_x, got_y in ((grad_x, grad_y), (one_x, one_y)):
