@@ -94,8 +94,8 @@ def _target(key: str) -> str | None:
     return None
 
 
-def plan(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Size], path: str, encoder: str,
-         cfg_key: str) -> tuple[dict[str, tuple[str, bool]], InitReport]:
+def plan(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Size], path: str,
+         encoder: str) -> tuple[dict[str, tuple[str, bool]], InitReport]:
     """Matches a checkpoint's tensors (shapes only are read) with an encoder's state dict shapes.
     -> ({our key: (their key, inflate)}, report); ValueError for what cannot load."""
     report = InitReport(str(path), encoder)
@@ -148,7 +148,7 @@ def load_init(encoder: nn.Module, path: str | Path, cfg_key: str) -> InitReport:
     name = ENCODERS[cfg_key]
     theirs = read_checkpoint(path)
     ours = encoder.state_dict()
-    mapping, report = plan(theirs, {k: v.shape for k, v in ours.items()}, str(path), name, cfg_key)
+    mapping, report = plan(theirs, {k: v.shape for k, v in ours.items()}, str(path), name)
     with torch.no_grad():
         for target, (key, inflate) in mapping.items():
             value = theirs[key]
@@ -168,7 +168,7 @@ def check_init(cfg: ModelConfig, cfg_key: str, path: str | Path) -> InitReport:
     with torch.device("meta"):
         encoder = video_encoder(cfg) if cfg_key == "video_init" else audio_encoder(cfg)
     shapes = {k: v.shape for k, v in encoder.state_dict().items()}
-    return plan(read_checkpoint(path, mmap=True), shapes, str(path), ENCODERS[cfg_key], cfg_key)[1]
+    return plan(read_checkpoint(path, mmap=True), shapes, str(path), ENCODERS[cfg_key])[1]
 
 
 def load_inits(module: nn.Module, cfg: ModelConfig) -> list[InitReport]:
