@@ -26,6 +26,7 @@ checkpoint is refused (`UnusableRun`) unless train.restart asks for a fresh star
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -91,20 +92,84 @@ def save(engine, run_dir: Path, client_state: dict) -> None:
     """Every rank calls this at the same optimizer step; the tag is the engine's global step."""
     root, step, rank = run_dir / "checkpoints", engine.global_steps, dist.get_rank()
     tag = tag_for(step)
-    if rank == 0 and (root / tag).exists():  # a partial write of a crashed run: none of its files may stay
-        shutil.rmtree(root / tag)
-    dist.barrier()
-    engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
-    inject.kill_point("checkpoint_files", step, rank)
-    torch.save(rng_state(), root / tag / f"rng-rank{rank}.pt")
-    dist.barrier()
+    refusal = [None]
     if rank == 0:
-        write_atomically(root / tag / MANIFEST, json.dumps(manifest(root / tag), indent=1) + "\n")
+        if (root / tag).exists():  # a partial write of a crashed run: none of its files may stay
+            shutil.rmtree(root / tag)
+        refusal[0] = make_room(root, step)
+    dist.broadcast_object_list(refusal, src=0)
+    if refusal[0] is not None:
+        raise DiskFull(refusal[0])
+    try:
+        engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
+        inject.kill_point("checkpoint_files", step, rank)
+        torch.save(rng_state(), root / tag / f"rng-rank{rank}.pt")
+        dist.barrier()
+        if rank == 0:
+            write_atomically(root / tag / MANIFEST, json.dumps(manifest(root / tag), indent=1) + "\n")
+    except (OSError, RuntimeError) as err:
+        if not out_of_space(err):
+            raise
+        shutil.rmtree(root / tag, ignore_errors=True)  # without its manifest it is never read anyway
+        raise DiskFull(f"{root}: the disk filled up while writing checkpoint {tag} ({err}); the checkpoint before it "
+                       f"is intact: free space and relaunch the same command", local=True) from None
+    if rank == 0:
         inject.kill_point("checkpoint_written", step, rank)
         write_atomically(root / LATEST, tag)
         inject.kill_point("latest", step, rank)
         prune(root, tag, keep=KEEP)
     dist.barrier()
+
+
+class DiskFull(ConfigError):
+    """No room for a checkpoint (one line naming the directory, the need and the free space)."""
+
+    def __init__(self, message: str, local: bool = False):
+        super().__init__(message)
+        self.local = local  # raised on this rank alone (a write failed here), not agreed by every rank
+
+
+def out_of_space(err: BaseException) -> bool:
+    """ENOSPC, as an OSError or as torch's serialiser reports it (RuntimeError "... unexpected pos ...")."""
+    return getattr(err, "errno", None) == errno.ENOSPC or "unexpected pos" in str(err) or "No space left" in str(err)
+
+
+def free_bytes(path: Path) -> int:
+    if inject.disk_full():
+        return 0
+    return shutil.disk_usage(path).free
+
+
+def make_room(root: Path, step: int) -> str | None:
+    """Before checkpoint `step` is written: room for one more checkpoint of the newest one's size (its manifest's
+    bytes). Where there is too little, the oldest kept tag but `latest`'s goes first, when that makes room. -> None
+    when there is room, else why not, in one line."""
+    root.mkdir(parents=True, exist_ok=True)
+    named, kept = latest_tag(root.parent), [tag for tag in tags(root.parent) if tag < tag_for(step)]
+    if not kept:
+        return None  # the first checkpoint: no size to go by
+    need, free = checkpoint_bytes(root / (named or kept[0])), free_bytes(root)
+    if free >= need:
+        return None
+    spare = [tag for tag in reversed(kept) if tag != named]  # oldest first; never the one `latest` names
+    sizes = [checkpoint_bytes(root / tag) for tag in spare]
+    for count in range(1, len(spare) + 1):
+        if free + sum(sizes[:count]) >= need:  # pruning the `count` oldest makes room: do it now, not after
+            for tag in spare[:count]:
+                shutil.rmtree(root / tag, ignore_errors=True)
+            print(f"warning: {root}: removed {', '.join(spare[:count])} before its time to make room for "
+                  f"{tag_for(step)}", file=sys.stderr, flush=True)
+            return None
+    return (f"{root}: no room for checkpoint {tag_for(step)}: it needs about {need / 2**20:.1f} MiB (the size of the "
+            f"last one), {free / 2**20:.1f} MiB are free; free space and relaunch the same command (it resumes from "
+            f"{named or kept[0]})")
+
+
+def checkpoint_bytes(tag_dir: Path) -> int:
+    try:
+        return sum(entry["bytes"] for entry in json.loads((tag_dir / MANIFEST).read_text()).values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return sum(p.stat().st_size for p in tag_dir.iterdir() if p.is_file()) if tag_dir.is_dir() else 0
 
 
 def prune(root: Path, latest: str, keep: int) -> None:

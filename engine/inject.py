@@ -6,6 +6,7 @@ The environment variable MAVIL_INJECT holds faults separated by ';', each `kind:
     kill:point=P:step=S[:rank=R]     SIGKILL of rank R when it reaches point P of optimizer step S
     term:step=S[:rank=R]             SIGTERM to rank R itself after the backward of step S's first micro-batch
     term_launcher:step=S[:rank=R]    the same moment, SIGTERM to the `deepspeed` command only (R's grandparent)
+    disk_full:step=0                 the disk reports no free space (the checkpoints' free-space check)
 
 `step` is the 1-based optimizer step the point belongs to: the step being computed for `backward`, the step a
 checkpoint holds for the checkpoint points, the last step for `export`; `rank` defaults to 0. The points:
@@ -32,7 +33,7 @@ import torch
 VARIABLE = "MAVIL_INJECT"
 POINTS = ("backward", "checkpoint_files", "checkpoint_written", "latest", "export")
 KINDS = {"nan_loss": ("step", "rank"), "kill": ("point", "step", "rank"), "term": ("step", "rank"),
-         "term_launcher": ("step", "rank")}
+         "term_launcher": ("step", "rank"), "disk_full": ("step",)}
 
 
 @functools.cache
@@ -88,3 +89,8 @@ def signal_point(step: int, rank: int) -> None:
         import psutil
 
         os.kill(psutil.Process(os.getppid()).ppid(), signal.SIGTERM)
+
+
+def disk_full() -> bool:
+    """Whether a disk_full fault is set: the free-space check then sees 0 bytes free."""
+    return any(f["kind"] == "disk_full" for f in faults())

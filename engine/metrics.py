@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .checkpoint import DiskFull, out_of_space
+
 
 class Metrics:
     def __init__(self, path: Path, tokens_per_sample: int, device: torch.device, flops_per_sample: float = 0.0):
@@ -75,6 +77,15 @@ def rewind(path: Path, keep) -> None:
             continue
         if keep(line):
             kept.append(text + "\n")
+    if "".join(kept) == path.read_text():
+        return  # nothing to cut: no rewrite (a relaunch on a full disk gets as far as the checkpoint's check)
     partial = path.with_name(f".{path.name}.partial")
-    partial.write_text("".join(kept))
+    try:
+        partial.write_text("".join(kept))
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        if out_of_space(err):
+            raise DiskFull(f"{path.parent}: no room to cut {path.name} back to the resumed step ({err.strerror}); "
+                           f"free space and relaunch the same command", local=True) from None
+        raise
     os.replace(partial, path)

@@ -293,6 +293,10 @@ def main(trainer_class: type[Trainer], argv: list[str] | None, doc: str) -> int:
         trainer = trainer_class(cfg, rank, world, device)
         trainer.preemption = preemption
         trainer.run()
+    except checkpoint.DiskFull as err:  # agreed by every rank (one line from rank 0), or a write that failed here
+        if rank == 0 or err.local:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
     except Preempted as err:
         if rank == 0:
             print(str(err), file=sys.stderr, flush=True)
