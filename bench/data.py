@@ -10,11 +10,12 @@ the trainer); here it runs its CPU pipeline. Results: bench/results/data-<cpu|cu
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
 
-from mavil.config import load_config
+from mavil.config import ConfigError, load_config
 from mavil.data.pipeline import Loader, LoaderSpec
 from mavil.data.reference import reference_loader
 from mavil.data.synthetic import ensure_synthetic
@@ -45,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=8, help="timed batches per loader")
     parser.add_argument("--workers", type=int, default=2, help="DALI threads and reference DataLoader workers")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     clips_needed = args.batch_size * (args.batches + 1)
     root = args.root or ensure_synthetic(clips=max(clips_needed, 64), classes=8, seed=0, duration=10.0)
