@@ -258,16 +258,17 @@ def choose(run_dir: Path) -> tuple[str | None, list[str]]:
 
 def resume_tag(run_dir: Path, restart: bool) -> str | None:
     """The tag a launch resumes from, chosen by rank 0 and told to every rank; notes printed by rank 0. Raises
-    UnusableRun (on every rank) for a directory that logged steps and has no intact checkpoint, unless `restart`."""
+    UnusableRun (on every rank) for a directory that logged steps or holds checkpoints and has no intact checkpoint,
+    unless `restart`."""
     choice: list = [None, None]
     if dist.get_rank() == 0:
         tag, notes = (None, []) if restart else choose(run_dir)
         if tag is not None and notes:
             print(f"warning: {'; '.join(notes)}: resuming from {run_dir / 'checkpoints' / tag}", file=sys.stderr,
                   flush=True)
-        elif tag is None and not restart and logged_steps(run_dir):
+        elif tag is None and not restart and (logged_steps(run_dir) or notes):  # never silently from step 1
             why = f" ({'; '.join(notes)})" if notes else ""
-            choice[1] = (f"{run_dir} holds a run that logged {logged_steps(run_dir)} steps but no intact checkpoint"
+            choice[1] = (f"{run_dir} holds a run ({logged_steps(run_dir)} logged steps) but no intact checkpoint"
                          f"{why}; set train.restart=true to start it afresh (its logs and checkpoints are replaced), "
                          f"or choose another train.output_dir")
         choice[0] = tag

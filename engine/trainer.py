@@ -11,6 +11,11 @@ An optimizer step whose loss or gradient is not finite on any rank is skipped on
 train.max_bad_steps of them in a row stop the run (`numerics`). Checkpoints are written only after applied
 steps: one due at a skipped step waits for the next applied one. `inject` holds the tests' fault hooks.
 
+SIGTERM or SIGINT on any rank, or the launcher's death, stops every rank after the current optimizer step with a
+checkpoint and exit status 4 (`preempt`). Rank 0 holds the run directory's lock (`runlock`) from before the process
+group starts: a second launch into it is refused. Exit statuses: 0 done, 2 refused (config, data, files, disk,
+run directory), 3 too many skipped steps, 4 stopped by a signal after its checkpoint.
+
 Every rank runs the same number of micro-batches per epoch, a whole number of accumulation windows:
 the fewest any rank has, rounded down to a multiple of the accumulation steps. That keeps the ranks'
 gradient exchanges paired and lets every epoch end on an optimizer step (so a checkpoint never holds

@@ -10,6 +10,7 @@ to step 6. Both runs' step-6 checkpoints must be equal bit for bit, optimizer an
 """
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -20,7 +21,7 @@ import torch
 
 from mavil.config import ConfigError
 from mavil.engine import inject
-from mavil.engine.checkpoint import LATEST, tag_for
+from mavil.engine.checkpoint import LATEST, MANIFEST, manifest, tag_for
 from mavil.engine.numerics import check_deepspeed
 
 from ..conftest import REPO, tiny_config
@@ -68,6 +69,7 @@ def without_batch(clean: Path, out: Path, step: int) -> None:
     states["module"] = torch.load(before / "mp_rank_00_model_states.pt", weights_only=False)["module"]
     states["skipped_steps"] += 1
     torch.save(states, target / "mp_rank_00_model_states.pt")
+    (target / MANIFEST).write_text(json.dumps(manifest(target)))  # the files it holds now, or it is not trusted
     (out / "checkpoints" / LATEST).write_text(tag_for(step))
 
 
