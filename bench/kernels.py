@@ -129,7 +129,8 @@ def model_cases() -> list:
 
     configs = Path(__file__).resolve().parents[1] / "configs"
     cfg = load_config(configs / "stage1.json",
-                      ["model.encoder_depth=1", "model.fusion_depth=1", "model.decoder_depth=1"]).model
+                      ["model.encoder_depth=1", "model.fusion_depth=1", "model.decoder_depth=1",
+                       "model.contrastive_group=null", "model.video_init=null"]).model
 
     def run(dtype):
         torch.manual_seed(0)
