@@ -17,7 +17,7 @@ from pathlib import Path
 from ..config import ConfigError
 
 LOCK = "run.lock"
-_held: list = []  # the open lock files of this process, kept open (and locked) until it exits
+_held: list = []  # (run directory, open lock file, created here) of this process, locked until it exits
 
 
 class RunLocked(ConfigError):
@@ -26,6 +26,7 @@ class RunLocked(ConfigError):
 
 def acquire(run_dir: Path) -> None:
     """Takes the run directory's lock for the rest of this process's life; raises RunLocked when another holds it."""
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     handle = open(run_dir / LOCK, "a+")
     try:
@@ -46,4 +47,15 @@ def acquire(run_dir: Path) -> None:
     handle.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
                              "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}) + "\n")
     handle.flush()
-    _held.append(handle)
+    _held.append((run_dir, handle, created))
+
+
+def release_unused() -> None:
+    """Drops this process's locks, and removes a run directory it created that holds nothing but the lock: a launch
+    refused before it wrote anything leaves no trace."""
+    while _held:
+        run_dir, handle, created = _held.pop()
+        if created and [entry.name for entry in run_dir.iterdir()] == [LOCK]:
+            (run_dir / LOCK).unlink()
+            run_dir.rmdir()
+        handle.close()

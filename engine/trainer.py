@@ -310,6 +310,8 @@ def main(trainer_class: type[Trainer], argv: list[str] | None, doc: str) -> int:
         if rank == 0:
             print(f"error: {err}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 3
+    finally:
+        runlock.release_unused()
     return 0
 
 
