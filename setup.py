@@ -4,13 +4,14 @@ The folders `kernels/` and `engine/` stay at the top of the repository but impor
 `mavil.kernels` and `mavil.engine` (a top-level `kernels` collides with a PyPI package).
 Pinned versions live in constraints.txt, the one list that scripts/setup.sh also uses.
 """
+
 from pathlib import Path
 
 from setuptools import setup
 
 # scikit-learn: the tests' oracle for mAP and accuracy; timm (with its torchvision): the reference ViT that
-# tests/model/test_pretrained.py loads MAE-layout checkpoints against
-DEV = {"pytest", "pytest-benchmark", "scikit-learn", "timm", "torchvision"}
+# tests/model/test_pretrained.py loads MAE-layout checkpoints against; ruff: formatter and linter (scripts/lint.sh)
+DEV = {"pytest", "pytest-benchmark", "ruff", "scikit-learn", "timm", "torchvision"}
 
 
 def pinned_requirements():

@@ -1,4 +1,5 @@
 """Timing, device facts and result files shared by the benchmarks."""
+
 from __future__ import annotations
 
 import json
@@ -83,8 +84,14 @@ def write_result(name: str, device: torch.device, payload: dict) -> Path:
     """bench/results/<name>-<cpu|gpu model>.json with the device, versions, commit and time beside `payload`."""
     import triton
 
-    record = {"device": device_name(device), "torch": torch.__version__, "triton": triton.__version__,
-              "commit": git_commit(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), **payload}
+    record = {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "commit": git_commit(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **payload,
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}-{device_suffix(device)}.json"
     path.write_text(json.dumps(record, indent=1) + "\n")

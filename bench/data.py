@@ -7,6 +7,7 @@ from the same shards: by default the embedded synthetic set (generated once into
 DALI pipeline decodes on the GPU where there is one (target there: >= 800 clips/s per H100, to outrun
 the trainer); here it runs its CPU pipeline. Results: bench/results/data-<cpu|cuda>.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,9 +65,18 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("dali", "reference"):
         print(f"{name:<10}{results[name]['clips_per_s']:8.1f} clips/s ({results[name]['clips']} clips)")
     print(f"DALI / reference: x{results['speedup']:.2f} on {device.type}")
-    path = write_result("data", device, {"root": str(root), "batch_size": args.batch_size, "workers": args.workers,
-                                         "audio_frames": spec.audio_frames, "video": [spec.video_frames, spec.video_size],
-                                         **results})
+    path = write_result(
+        "data",
+        device,
+        {
+            "root": str(root),
+            "batch_size": args.batch_size,
+            "workers": args.workers,
+            "audio_frames": spec.audio_frames,
+            "video": [spec.video_frames, spec.video_size],
+            **results,
+        },
+    )
     print(f"results: {path}")
     return 0
 

@@ -18,6 +18,7 @@ seconds and is rewritten after every part, so a run stopped from outside keeps w
 bench/results/ (a dry run writes to a temporary directory instead, leaving the committed results alone), and
 are copied to $OUT when that is set (the device tool's return folder).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,13 @@ from .common import RESULTS, slug
 
 REPO = Path(__file__).resolve().parents[1]
 OPTIONAL = ("deepspeed", "xformers", "av", "nvidia.dali", "sklearn")  # what the GPU machine may lack
-TEST_PATHS = ("tests/kernels", "tests/test_kernels_reference.py", "tests/test_model.py", "tests/model",
-              "tests/data/test_fbank.py")
+TEST_PATHS = (
+    "tests/kernels",
+    "tests/test_kernels_reference.py",
+    "tests/test_model.py",
+    "tests/model",
+    "tests/data/test_fbank.py",
+)
 
 
 @dataclass
@@ -56,16 +62,60 @@ def parts(dry: bool) -> list[Part]:
     tests = [path for path in TEST_PATHS if (REPO / path).exists()]
     test_args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "--continue-on-collection-errors", "-rfEs"]
     if dry:
-        return [Part("tests", 120, [*py, *test_args, "-m", "gpu", *tests]),
-                Part("kernels", 120, [*py, "-m", "bench.kernels", "--repeats", "1", "--tiny"], ["kernels"]),
-                Part("train", 240, [*py, "-m", "bench.train", "--config", "configs/tiny/stage1.json",
-                                    "--modes", "model", "--batch", "2", "--steps", "1", "--warmup", "0",
-                                    "--compile", "--grad-checkpointing", "--fresh"], ["train"])]
-    return [Part("tests", 150, [*py, *test_args, *tests]),
-            Part("kernels", 90, [*py, "-m", "bench.kernels", "--repeats", "10"], ["kernels"]),
-            Part("train", 220, [*py, "-m", "bench.train", "--config", "configs/stage1.json", "--modes", "model",
-                                "--batch", "64", "--steps", "10", "--warmup", "3", "--compile",
-                                "--grad-checkpointing", "--fresh"], ["train"])]
+        return [
+            Part("tests", 120, [*py, *test_args, "-m", "gpu", *tests]),
+            Part("kernels", 120, [*py, "-m", "bench.kernels", "--repeats", "1", "--tiny"], ["kernels"]),
+            Part(
+                "train",
+                240,
+                [
+                    *py,
+                    "-m",
+                    "bench.train",
+                    "--config",
+                    "configs/tiny/stage1.json",
+                    "--modes",
+                    "model",
+                    "--batch",
+                    "2",
+                    "--steps",
+                    "1",
+                    "--warmup",
+                    "0",
+                    "--compile",
+                    "--grad-checkpointing",
+                    "--fresh",
+                ],
+                ["train"],
+            ),
+        ]
+    return [
+        Part("tests", 150, [*py, *test_args, *tests]),
+        Part("kernels", 90, [*py, "-m", "bench.kernels", "--repeats", "10"], ["kernels"]),
+        Part(
+            "train",
+            220,
+            [
+                *py,
+                "-m",
+                "bench.train",
+                "--config",
+                "configs/stage1.json",
+                "--modes",
+                "model",
+                "--batch",
+                "64",
+                "--steps",
+                "10",
+                "--warmup",
+                "3",
+                "--compile",
+                "--grad-checkpointing",
+                "--fresh",
+            ],
+            ["train"],
+        ),
+    ]
 
 
 def environment() -> dict:
@@ -74,10 +124,16 @@ def environment() -> dict:
     import triton
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"gpu": gpu, "torch": torch.__version__, "cuda": torch.version.cuda, "triton": triton.__version__,
-            "python": sys.version.split()[0],
-            "packages": {name: importlib.util.find_spec(name.split(".")[0]) is not None and _imports(name)
-                         for name in OPTIONAL}}
+    return {
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "triton": triton.__version__,
+        "python": sys.version.split()[0],
+        "packages": {
+            name: importlib.util.find_spec(name.split(".")[0]) is not None and _imports(name) for name in OPTIONAL
+        },
+    }
 
 
 def _imports(name: str) -> bool:
@@ -104,8 +160,15 @@ def run_part(part: Part, log: Log, env: dict) -> dict:
     """Runs one part within its budget, its output streamed line by line; -> its status record."""
     log(f"=== {part.name}: {' '.join(part.argv[1:])} (budget {part.budget_s} s)")
     start = time.monotonic()
-    process = subprocess.Popen(part.argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)
+    process = subprocess.Popen(
+        part.argv,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     tail: list[str] = []
 
     def pump() -> None:
@@ -125,21 +188,29 @@ def run_part(part: Part, log: Log, env: dict) -> dict:
     reader.join(timeout=5)
     seconds = time.monotonic() - start
     log(f"=== {part.name}: {status} after {seconds:.0f} s")
-    return {"part": part.name, "status": status, "seconds": round(seconds, 1), "budget_s": part.budget_s,
-            "last_lines": tail}
+    return {
+        "part": part.name,
+        "status": status,
+        "seconds": round(seconds, 1),
+        "budget_s": part.budget_s,
+        "last_lines": tail,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes on whatever device is here (CI)")
     parser.add_argument("--only", default="", help="comma-separated part names (default: all)")
-    parser.add_argument("--results", type=Path, help="where results go (default: bench/results; a dry run: a "
-                        "temporary folder)")
+    parser.add_argument(
+        "--results", type=Path, help="where results go (default: bench/results; a dry run: a temporary folder)"
+    )
     args = parser.parse_args(argv)
     facts = environment()
     if facts["gpu"] is None and not args.dry_run:
-        print("error: no CUDA device visible to torch: the GPU check needs one (--dry-run runs it on the CPU)",
-              file=sys.stderr)
+        print(
+            "error: no CUDA device visible to torch: the GPU check needs one (--dry-run runs it on the CPU)",
+            file=sys.stderr,
+        )
         return 2
     results = args.results or (Path(tempfile.mkdtemp(prefix="gpu-check-")) if args.dry_run else RESULTS)
     env = {**os.environ, "MAVIL_BENCH_RESULTS": str(results), "PYTHONUNBUFFERED": "1"}
@@ -158,8 +229,11 @@ def main(argv: list[str] | None = None) -> int:
         summary_path.write_text(json.dumps(summary, indent=1) + "\n")
         hand_back(results, name)
     failed = [p["part"] for p in summary["parts"] if p["status"] != "ok"]
-    log(f"GPU check done: {len(chosen) - len(failed)} of {len(chosen)} parts ok" +
-        (f"; not ok: {', '.join(failed)}" if failed else "") + f"; results in {results}")
+    log(
+        f"GPU check done: {len(chosen) - len(failed)} of {len(chosen)} parts ok"
+        + (f"; not ok: {', '.join(failed)}" if failed else "")
+        + f"; results in {results}"
+    )
     hand_back(results, name)
     return 1 if failed else 0
 

@@ -8,6 +8,7 @@ The clips are the synthetic set's (`mavil.data.synthetic`): 256x320 VP9 at 2 fps
 `--durations` seconds (1 s: tiny clips, the decoding side at its cheapest; 10 s: AudioSet's length). Each check is
 timed `--repeats` times from no report (the median kept), the files in the page cache.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,12 +62,15 @@ def measure(folder: Path, clips: int, duration: int, workers: int | None, repeat
     recorded_s, usable, decoded_recorded = timed_check(root, workers, repeats)
     decoding_s, usable_foreign, decoded_foreign = timed_check(foreign, workers, repeats)
     assert usable == usable_foreign == clips and decoded_recorded == 0 and decoded_foreign == clips
-    return {"clips": clips, "clip": f"synthetic, {duration} s: 256x320 VP9 at 2 fps ({2 * duration} frames) + "
-                                    f"16 kHz mono FLAC",
-            "shard_bytes": sum(path.stat().st_size for path in root.glob("*.tar")),
-            "from_record_s": round(recorded_s, 3), "decoding_s": round(decoding_s, 3),
-            "speedup": round(decoding_s / recorded_s, 1),
-            "clips_per_s": {"from_record": round(clips / recorded_s), "decoding": round(clips / decoding_s)}}
+    return {
+        "clips": clips,
+        "clip": f"synthetic, {duration} s: 256x320 VP9 at 2 fps ({2 * duration} frames) + 16 kHz mono FLAC",
+        "shard_bytes": sum(path.stat().st_size for path in root.glob("*.tar")),
+        "from_record_s": round(recorded_s, 3),
+        "decoding_s": round(decoding_s, 3),
+        "speedup": round(decoding_s / recorded_s, 1),
+        "clips_per_s": {"from_record": round(clips / recorded_s), "decoding": round(clips / decoding_s)},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,8 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="bench-health-")) if args.keep is None else args.keep
     runs = [measure(folder, args.clips, int(d), args.workers, args.repeats) for d in args.durations.split(",")]
-    payload = {"cpus": default_workers(), "workers": args.workers or "health's default", "repeats": args.repeats,
-               "runs": runs}
+    payload = {
+        "cpus": default_workers(),
+        "workers": args.workers or "health's default",
+        "repeats": args.repeats,
+        "runs": runs,
+    }
     path = write_result("health", torch.device("cpu"), payload)
     print(json.dumps(payload, indent=1))
     print(f"wrote {path}")

@@ -15,6 +15,7 @@ On CUDA both paths run in bf16 (the training dtype). Without CUDA only the refer
 Triton interpreter measures nothing useful), in fp32, and the output says so; the 16k-row InfoNCE
 is then skipped unless --all. Results: bench/results/kernels-<cpu|cuda>.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,10 +62,14 @@ def gather_case(tokens, keep, dim, device, dtype, batch: int = B) -> Case:
     pos = torch.randn(tokens, dim, device=device)
     ids_keep, _ = _ids(batch, tokens, keep, device)
     e = x.element_size()
-    return Case("masked_gather", dict(B=batch, N=tokens, K=keep, D=dim), lambda: masked_gather(x, ids_keep, pos),
-                torch.randn(batch, keep, dim, device=device, dtype=dtype),
-                bytes_forward=2 * batch * keep * dim * e + tokens * dim * 4,
-                bytes_backward=(batch * keep + batch * tokens) * dim * e)
+    return Case(
+        "masked_gather",
+        dict(B=batch, N=tokens, K=keep, D=dim),
+        lambda: masked_gather(x, ids_keep, pos),
+        torch.randn(batch, keep, dim, device=device, dtype=dtype),
+        bytes_forward=2 * batch * keep * dim * e + tokens * dim * 4,
+        bytes_backward=(batch * keep + batch * tokens) * dim * e,
+    )
 
 
 def restore_case(tokens, keep, dim, device, dtype, batch: int = B) -> Case:
@@ -73,11 +78,14 @@ def restore_case(tokens, keep, dim, device, dtype, batch: int = B) -> Case:
     pos = torch.randn(tokens, dim, device=device)
     _, ids_restore = _ids(batch, tokens, keep, device)
     e = x_vis.element_size()
-    return Case("masked_restore", dict(B=batch, N=tokens, K=keep, D=dim),
-                lambda: masked_restore(x_vis, ids_restore, mask_token, pos),
-                torch.randn(batch, tokens, dim, device=device, dtype=dtype),
-                bytes_forward=(batch * keep + batch * tokens) * dim * e + tokens * dim * 4,
-                bytes_backward=(batch * tokens + batch * keep) * dim * e + tokens * dim * 4)
+    return Case(
+        "masked_restore",
+        dict(B=batch, N=tokens, K=keep, D=dim),
+        lambda: masked_restore(x_vis, ids_restore, mask_token, pos),
+        torch.randn(batch, tokens, dim, device=device, dtype=dtype),
+        bytes_forward=(batch * keep + batch * tokens) * dim * e + tokens * dim * 4,
+        bytes_backward=(batch * tokens + batch * keep) * dim * e + tokens * dim * 4,
+    )
 
 
 def mse_case(tokens, dim, norm_pix, device, dtype, batch: int = B) -> Case:
@@ -85,9 +93,14 @@ def mse_case(tokens, dim, norm_pix, device, dtype, batch: int = B) -> Case:
     target = torch.randn(batch, tokens, dim, device=device, dtype=dtype)
     mask = (torch.rand(batch, tokens, device=device) < 0.8).float()
     e = pred.element_size()
-    return Case("masked_mse", dict(B=batch, N=tokens, D=dim, norm_pix=norm_pix),
-                lambda: masked_mse(pred, target, mask, norm_pix),
-                None, bytes_forward=2 * batch * tokens * dim * e, bytes_backward=3 * batch * tokens * dim * e)
+    return Case(
+        "masked_mse",
+        dict(B=batch, N=tokens, D=dim, norm_pix=norm_pix),
+        lambda: masked_mse(pred, target, mask, norm_pix),
+        None,
+        bytes_forward=2 * batch * tokens * dim * e,
+        bytes_backward=3 * batch * tokens * dim * e,
+    )
 
 
 def nce_case(rows, dim, device, dtype) -> Case:
@@ -98,10 +111,13 @@ def nce_case(rows, dim, device, dtype) -> Case:
 
 def cases(device, dtype, include_16k: bool) -> list[Case]:
     built = [
-        gather_case(512, 102, 768, device, dtype), gather_case(784, 157, 768, device, dtype),
-        restore_case(512, 102, 512, device, dtype), restore_case(784, 157, 512, device, dtype),
+        gather_case(512, 102, 768, device, dtype),
+        gather_case(784, 157, 768, device, dtype),
+        restore_case(512, 102, 512, device, dtype),
+        restore_case(784, 157, 512, device, dtype),
         restore_case(784, 157, 768, device, dtype),
-        mse_case(512, 256, True, device, dtype), mse_case(784, 1536, True, device, dtype),
+        mse_case(512, 256, True, device, dtype),
+        mse_case(784, 1536, True, device, dtype),
         mse_case(784, 768, False, device, dtype),
         nce_case(512, 768, device, dtype),
     ]
@@ -112,8 +128,12 @@ def cases(device, dtype, include_16k: bool) -> list[Case]:
 
 def tiny_cases(device, dtype) -> list[Case]:
     """One small case per op: the GPU check's dry run on the CPU."""
-    return [gather_case(16, 4, 32, device, dtype, batch=2), restore_case(16, 4, 32, device, dtype, batch=2),
-            mse_case(16, 32, True, device, dtype, batch=2), nce_case(8, 32, device, dtype)]
+    return [
+        gather_case(16, 4, 32, device, dtype, batch=2),
+        restore_case(16, 4, 32, device, dtype, batch=2),
+        mse_case(16, 32, True, device, dtype, batch=2),
+        nce_case(8, 32, device, dtype),
+    ]
 
 
 MODEL_BATCH = 2  # the model path's batch: its conv and blocks run on the CPU
@@ -128,9 +148,16 @@ def model_cases() -> list:
     from mavil.model import MAViL
 
     configs = Path(__file__).resolve().parents[1] / "configs"
-    cfg = load_config(configs / "stage1.json",
-                      ["model.encoder_depth=1", "model.fusion_depth=1", "model.decoder_depth=1",
-                       "model.contrastive_group=null", "model.video_init=null"]).model
+    cfg = load_config(
+        configs / "stage1.json",
+        [
+            "model.encoder_depth=1",
+            "model.fusion_depth=1",
+            "model.decoder_depth=1",
+            "model.contrastive_group=null",
+            "model.video_init=null",
+        ],
+    ).model
 
     def run(dtype):
         torch.manual_seed(0)
@@ -142,8 +169,10 @@ def model_cases() -> list:
         model(audio, video)["loss"].backward()
 
     shape = f"stage 1, B={MODEL_BATCH}, 1 block per stack"
-    return [Case("MAViL", shape, "fp32", lambda: run(torch.float32)),
-            Case("MAViL", shape, "bf16+fp32 pos", lambda: run(torch.bfloat16))]
+    return [
+        Case("MAViL", shape, "fp32", lambda: run(torch.float32)),
+        Case("MAViL", shape, "bf16+fp32 pos", lambda: run(torch.bfloat16)),
+    ]
 
 
 @contextmanager
@@ -164,8 +193,11 @@ def measure(case: Case, mode: str, device, repeats: int, bandwidth: float) -> di
         forward = median_seconds(case.forward, device, repeats=repeats)
         step = median_seconds(case.step, device, repeats=repeats)
         memory = peak_extra_bytes(case.step, device)
-    result = {"forward_ms": forward * 1e3, "forward_backward_ms": step * 1e3,
-              "peak_extra_MiB": memory and memory / 2**20}
+    result = {
+        "forward_ms": forward * 1e3,
+        "forward_backward_ms": step * 1e3,
+        "peak_extra_MiB": memory and memory / 2**20,
+    }
     if case.bytes_forward:
         backward = max(step - forward, 1e-9)
         result["forward_GBps"] = case.bytes_forward / forward / 1e9
@@ -210,8 +242,11 @@ def compile_table(rows: list[dict]) -> str:
         by_case.setdefault((row["kernel"], row["dtype"], f"{row['op']} {row['shape']}"), {})[row["capability"]] = row
     groups: dict[tuple, list[str]] = {}
     for (kernel, dtype, case), per_target in by_case.items():
-        cells = tuple(f"{r['registers']} / {_spill(r)} / {r['shared']}" if "error" not in r else "error"
-                      for r in (per_target.get(t) for t in targets) if r is not None)
+        cells = tuple(
+            f"{r['registers']} / {_spill(r)} / {r['shared']}" if "error" not in r else "error"
+            for r in (per_target.get(t) for t in targets)
+            if r is not None
+        )
         groups.setdefault((kernel, dtype, cells), []).append(case)
     head = "| kernel | dtype | cases | " + " | ".join(f"sm_{t}: regs / spill B / smem B" for t in targets) + " |"
     lines = [head, "|" + "---|" * (3 + len(targets))]
@@ -232,21 +267,31 @@ def compile_only() -> int:
     wall = time.perf_counter() - start
     compiled = {row["ptx_key"]: row["compile_s"] for row in result["rows"] if "ptx_key" in row}  # once per kernel
     rows = [{k: v for k, v in row.items() if k not in ("ptx_key", "compile_s")} for row in result["rows"]]
-    record = {"device": "none: compiled for " + ", ".join(TARGETS.values()), "torch": torch.__version__,
-              "triton": triton.__version__, "commit": git_commit(),
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "wall_s": round(wall, 1), "compile_s": round(sum(compiled.values()), 1),
-              "columns": {"registers": "per thread (ptxas -v)", "spill_stores/spill_loads": "bytes per thread",
-                          "shared": "bytes of shared memory per program (Triton's launch request)"},
-              "rows": rows}
+    record = {
+        "device": "none: compiled for " + ", ".join(TARGETS.values()),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "commit": git_commit(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wall_s": round(wall, 1),
+        "compile_s": round(sum(compiled.values()), 1),
+        "columns": {
+            "registers": "per thread (ptxas -v)",
+            "spill_stores/spill_loads": "bytes per thread",
+            "shared": "bytes of shared memory per program (Triton's launch request)",
+        },
+        "rows": rows,
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "kernels-sm80-sm90.json"
     path.write_text(json.dumps(record, indent=1) + "\n")
     print(compile_table(rows))
     failed = [row for row in rows if "error" in row or row["spill_stores"] or row["spill_loads"]]
     for row in failed:
-        print(f"FAILED: sm_{row['capability']} {row['kernel']} {row['op']} {row['shape']} {row['dtype']}: "
-              f"{row.get('error') or 'spills ' + _spill(row)}")
+        print(
+            f"FAILED: sm_{row['capability']} {row['kernel']} {row['op']} {row['shape']} {row['dtype']}: "
+            f"{row.get('error') or 'spills ' + _spill(row)}"
+        )
     print(f"results: {path}")
     return 1 if failed else 0
 
@@ -256,8 +301,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--all", action="store_true", help="also the 16k-row InfoNCE on the CPU")
     parser.add_argument("--tiny", action="store_true", help="one small case per op (the GPU check's dry run)")
-    parser.add_argument("--compile-only", action="store_true",
-                        help="no timing: compile every kernel for sm_80 and sm_90, report registers and spills")
+    parser.add_argument(
+        "--compile-only",
+        action="store_true",
+        help="no timing: compile every kernel for sm_80 and sm_90, report registers and spills",
+    )
     args = parser.parse_args(argv)
     if args.compile_only:
         return compile_only()

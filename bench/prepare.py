@@ -8,6 +8,7 @@ short side 256, VP9 and FLAC encode, the decode-back of each written clip for th
 and clips/s per worker; writes bench/results/prepare-<device>.json. What it takes for AudioSet-2M follows: at
 r clips/s per core, 2M clips cost 2e6 / r / 3600 core-hours.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,9 @@ def write_video(path: Path, seed: int) -> None:
         samples = np.stack([wave, wave]).astype(np.float32)
         chunk = 1024
         for start in range(0, samples.shape[1], chunk):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, start:start + chunk]), format="fltp",
-                                               layout="stereo")
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(samples[:, start : start + chunk]), format="fltp", layout="stereo"
+            )
             frame.sample_rate, frame.pts, frame.time_base = RATE, start, Fraction(1, RATE)
             for packet in audio.encode(frame):
                 container.mux(packet)
@@ -70,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         path = sources / f"clip{index:03d}.mp4"
         if not path.exists():
             write_video(path, index)
-    print(f"{args.clips} videos of {SECONDS} s, {WIDTH}x{HEIGHT} H.264 at {FPS} fps + AAC: "
-          f"made in {time.perf_counter() - start:.0f} s", flush=True)
+    print(
+        f"{args.clips} videos of {SECONDS} s, {WIDTH}x{HEIGHT} H.264 at {FPS} fps + AAC: "
+        f"made in {time.perf_counter() - start:.0f} s",
+        flush=True,
+    )
     runs = []
     for workers in args.workers:
         out = work / f"shards-{workers}"
@@ -80,14 +85,37 @@ def main(argv: list[str] | None = None) -> int:
         summary = prepare(sources, out, workers=workers, progress=False)
         seconds = time.perf_counter() - start
         rate, per_worker = args.clips / seconds, args.clips / seconds / workers
-        runs.append({"workers": workers, "seconds": seconds, "clips_per_s": rate, "clips_per_s_per_worker": per_worker,
-                     "core_hours_for_2M_clips": 2e6 / per_worker / 3600, "prepared": summary.clips,
-                     "skipped": len(summary.skipped)})
-        print(f"workers {workers}: {rate:.2f} clips/s ({rate / workers:.2f} per worker; AudioSet-2M: "
-              f"{runs[-1]['core_hours_for_2M_clips']:.0f} core-hours)", flush=True)
-    path = write_result("prepare", torch.device("cpu"), {
-        "videos": {"clips": args.clips, "seconds": SECONDS, "size": [WIDTH, HEIGHT], "fps": FPS, "video": "h264",
-                   "audio": f"aac {RATE} Hz stereo"}, "runs": runs})
+        runs.append(
+            {
+                "workers": workers,
+                "seconds": seconds,
+                "clips_per_s": rate,
+                "clips_per_s_per_worker": per_worker,
+                "core_hours_for_2M_clips": 2e6 / per_worker / 3600,
+                "prepared": summary.clips,
+                "skipped": len(summary.skipped),
+            }
+        )
+        print(
+            f"workers {workers}: {rate:.2f} clips/s ({rate / workers:.2f} per worker; AudioSet-2M: "
+            f"{runs[-1]['core_hours_for_2M_clips']:.0f} core-hours)",
+            flush=True,
+        )
+    path = write_result(
+        "prepare",
+        torch.device("cpu"),
+        {
+            "videos": {
+                "clips": args.clips,
+                "seconds": SECONDS,
+                "size": [WIDTH, HEIGHT],
+                "fps": FPS,
+                "video": "h264",
+                "audio": f"aac {RATE} Hz stereo",
+            },
+            "runs": runs,
+        },
+    )
     print(f"results: {path}")
     if not args.keep:
         shutil.rmtree(work)

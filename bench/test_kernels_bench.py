@@ -3,6 +3,7 @@
 Each op at one real MAViL size, forward and backward, on the path MAVIL_KERNELS selects (Triton on
 CUDA, the reference on the CPU by default).
 """
+
 import pytest
 import torch
 

@@ -5,6 +5,7 @@ device, stage 1 and stage 2 (a random in-memory teacher), and one batch of the D
 synthetic set at the tiny config's sizes; on the paths MAVIL_KERNELS and the config select (the engine's).
 bench/train.py measures the same against the reference path, with rates, MFU and memory.
 """
+
 from pathlib import Path
 
 import pytest

@@ -40,6 +40,7 @@ samples/s against per-device batch, model only, from --sweep). Records of earlie
 stay unless this run measures the same config, stage, mode and batch again (--fresh drops them): each
 carries its own date and commit, and its ratios come from within its run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,12 +81,16 @@ PATHS = {  # what each path runs: MAVIL_KERNELS, attention (None: the config's),
     "checkpointed": {"kernels": "auto", "attention": None, "loader": "dali", "grad_checkpointing": True},
 }
 BASE_PATHS = ("engine", "reference")
-CPU_NOTE = ("CPU: the engine path runs the kernels' PyTorch references too (MAVIL_KERNELS=auto dispatches Triton only "
-            "for CUDA tensors) and sdpa attention, so engine / reference shows mostly sdpa against math attention and, "
-            "end to end, DALI's CPU pipeline against the reference loader; fp32, no GPU measured here. A shared "
-            "machine: rounds of one path vary by 20% and more (each round's samples/s is in the JSON).")
-CUDA_NOTE = ("CUDA: the engine path runs the Triton kernels, the config's attention and DALI's GPU decoding; the "
-             "reference path the PyTorch references, math attention and the reference loader; both in bf16.")
+CPU_NOTE = (
+    "CPU: the engine path runs the kernels' PyTorch references too (MAVIL_KERNELS=auto dispatches Triton only "
+    "for CUDA tensors) and sdpa attention, so engine / reference shows mostly sdpa against math attention and, "
+    "end to end, DALI's CPU pipeline against the reference loader; fp32, no GPU measured here. A shared "
+    "machine: rounds of one path vary by 20% and more (each round's samples/s is in the JSON)."
+)
+CUDA_NOTE = (
+    "CUDA: the engine path runs the Triton kernels, the config's attention and DALI's GPU decoding; the "
+    "reference path the PyTorch references, math attention and the reference loader; both in bf16."
+)
 
 
 def model_for(cfg: ModelConfig, stage: int, attention: str, grad_checkpointing: bool = False) -> MAViL:
@@ -261,8 +266,11 @@ def measure(run: Run, stage: int, mode: str, path: str, batch: int, profile: boo
             resolve_attention(model, run.device, run.dtype)
             model.compile()
         step = training_step(model, run.cfg)
-        batches = (random_batches(run.cfg.model, batch, run.device, run.dtype) if mode == "model" else
-                   loader_batches(setting["loader"], run.cfg, run.root, batch, run.workers, run.device, run.dtype))
+        batches = (
+            random_batches(run.cfg.model, batch, run.device, run.dtype)
+            if mode == "model"
+            else loader_batches(setting["loader"], run.cfg, run.root, batch, run.workers, run.device, run.dtype)
+        )
         warmup = max(run.warmup, 1) if compiled else run.warmup  # compilation is never timed
         first_s, seconds = time_steps(step, batches, warmup, run.steps, run.device)
     with kernels_mode(setting["kernels"]):
@@ -272,20 +280,27 @@ def measure(run: Run, stage: int, mode: str, path: str, batch: int, profile: boo
     del model, step, batches
     release_memory(run.device)
     head_dim = run.cfg.model.encoder_dim // run.cfg.model.encoder_heads
-    result = {"kernels": setting["kernels"],
-              "attention": resolve_backend(attention, run.device.type, run.dtype, head_dim),
-              "loader": setting["loader"] if mode == "end_to_end" else None, "step_s": seconds,
-              "step_median_s": statistics.median(seconds), "samples_per_s": batch * len(seconds) / sum(seconds),
-              "first_step_s": first_s, "peak_memory_MiB": memory.mib,
-              "activation_MiB": None if activations is None else activations / 2**20,
-              "compiled": compiled, "grad_checkpointing": checkpointed}
+    result = {
+        "kernels": setting["kernels"],
+        "attention": resolve_backend(attention, run.device.type, run.dtype, head_dim),
+        "loader": setting["loader"] if mode == "end_to_end" else None,
+        "step_s": seconds,
+        "step_median_s": statistics.median(seconds),
+        "samples_per_s": batch * len(seconds) / sum(seconds),
+        "first_step_s": first_s,
+        "peak_memory_MiB": memory.mib,
+        "activation_MiB": None if activations is None else activations / 2**20,
+        "compiled": compiled,
+        "grad_checkpointing": checkpointed,
+    }
     if table:
         print(f"--- stage {stage}, {path} path: top operators of one step\n{table}", flush=True)
     return result
 
 
-def fastest_rounds(run: Run, stage: int, mode: str, batch: int,
-                   paths: tuple[str, ...] | None = None) -> dict[str, dict]:
+def fastest_rounds(
+    run: Run, stage: int, mode: str, batch: int, paths: tuple[str, ...] | None = None
+) -> dict[str, dict]:
     """Each path's (default: run.paths) fastest of run.repeats rounds, the paths alternating (other load on the
     machine only slows a round down); every round's samples/s kept beside it."""
     rounds: dict[str, list[dict]] = {path: [] for path in paths or run.paths}
@@ -293,40 +308,70 @@ def fastest_rounds(run: Run, stage: int, mode: str, batch: int,
         for path in rounds:
             profile = run.profile and mode == "model" and index == 0
             rounds[path].append(measure(run, stage, mode, path, batch, profile))
-    return {path: {**max(results, key=lambda r: r["samples_per_s"]),
-                   "rounds_samples_per_s": [r["samples_per_s"] for r in results],
-                   "first_step_s": results[0]["first_step_s"]}  # the first round's: later ones reuse its compilation
-            for path, results in rounds.items()}
+    return {
+        path: {
+            **max(results, key=lambda r: r["samples_per_s"]),
+            "rounds_samples_per_s": [r["samples_per_s"] for r in results],
+            "first_step_s": results[0]["first_step_s"],
+        }  # the first round's: later ones reuse its compilation
+        for path, results in rounds.items()
+    }
 
 
 def add_rates(result: dict, flops: dict, tokens_per_sample: int, matmul_tflops: float) -> dict:
     tflops = result["samples_per_s"] * flops["step_per_sample"] / 1e12
-    return {**result, "tokens_per_s": result["samples_per_s"] * tokens_per_sample, "model_tflops": tflops,
-            "mfu": tflops / matmul_tflops}
+    return {
+        **result,
+        "tokens_per_s": result["samples_per_s"] * tokens_per_sample,
+        "model_tflops": tflops,
+        "mfu": tflops / matmul_tflops,
+    }
 
 
-def record(run: Run, source: str, stage: int, mode: str, batch: int, matmul_tflops: float,
-           model_only: dict | None) -> dict:
+def record(
+    run: Run, source: str, stage: int, mode: str, batch: int, matmul_tflops: float, model_only: dict | None
+) -> dict:
     """Both paths of one (stage, mode) measured side by side, with their rates and ratios; `model_only`, this
     run's model-only record of the stage, gives end to end as a fraction of it."""
     cfg = run.cfg.model
     flops = step_flops(dataclasses.replace(cfg, stage=stage), batch)
     tokens = cfg.audio_tokens + cfg.video_tokens
-    paths = {path: add_rates(result, flops, tokens, matmul_tflops)
-             for path, result in fastest_rounds(run, stage, mode, batch).items()}
-    entry = {"config": source, "stage": stage, "mode": mode, "batch": batch, "warmup": run.warmup, "steps": run.steps,
-             "repeats": run.repeats, "dtype": str(run.dtype).removeprefix("torch."), "device": device_name(run.device),
-             "flops_per_step": flops["step"], "tokens_per_sample": tokens, "matmul_tflops": matmul_tflops,
-             "paths": paths, "speedup": paths["engine"]["samples_per_s"] / paths["reference"]["samples_per_s"]}
+    paths = {
+        path: add_rates(result, flops, tokens, matmul_tflops)
+        for path, result in fastest_rounds(run, stage, mode, batch).items()
+    }
+    entry = {
+        "config": source,
+        "stage": stage,
+        "mode": mode,
+        "batch": batch,
+        "warmup": run.warmup,
+        "steps": run.steps,
+        "repeats": run.repeats,
+        "dtype": str(run.dtype).removeprefix("torch."),
+        "device": device_name(run.device),
+        "flops_per_step": flops["step"],
+        "tokens_per_sample": tokens,
+        "matmul_tflops": matmul_tflops,
+        "paths": paths,
+        "speedup": paths["engine"]["samples_per_s"] / paths["reference"]["samples_per_s"],
+    }
     if "compiled" in paths:  # compiled / eager, the same engine path otherwise
         entry["compiled_speedup"] = paths["compiled"]["samples_per_s"] / paths["engine"]["samples_per_s"]
     if "checkpointed" in paths:  # with / without activation checkpointing
-        entry["checkpointing"] = {"speed": paths["checkpointed"]["samples_per_s"] / paths["engine"]["samples_per_s"],
-                                  **{key: _ratio(paths["checkpointed"][key], paths["engine"][key])
-                                     for key in ("activation_MiB", "peak_memory_MiB")}}
+        entry["checkpointing"] = {
+            "speed": paths["checkpointed"]["samples_per_s"] / paths["engine"]["samples_per_s"],
+            **{
+                key: _ratio(paths["checkpointed"][key], paths["engine"][key])
+                for key in ("activation_MiB", "peak_memory_MiB")
+            },
+        }
     if model_only:
-        entry["of_model_only"] = {p: paths[p]["samples_per_s"] / model_only["paths"][p]["samples_per_s"]
-                                  for p in paths if p in model_only["paths"]}
+        entry["of_model_only"] = {
+            p: paths[p]["samples_per_s"] / model_only["paths"][p]["samples_per_s"]
+            for p in paths
+            if p in model_only["paths"]
+        }
     return entry
 
 
@@ -345,23 +390,29 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, repeats: int = 10) -
 
 def format_record(entry: dict) -> str:
     eng, ref = entry["paths"]["engine"], entry["paths"]["reference"]
-    text = (f"stage {entry['stage']} {entry['mode']:<10} batch {entry['batch']}: engine {eng['samples_per_s']:.2f} "
-            f"samples/s ({eng['tokens_per_s']:,.0f} tokens/s, {eng['model_tflops']:.3f} TFLOP/s, MFU {eng['mfu']:.1%}, "
-            f"{_mib(eng['peak_memory_MiB'])}), reference {ref['samples_per_s']:.2f} samples/s "
-            f"({_mib(ref['peak_memory_MiB'])}): engine / reference x{entry['speedup']:.2f}")
+    text = (
+        f"stage {entry['stage']} {entry['mode']:<10} batch {entry['batch']}: engine {eng['samples_per_s']:.2f} "
+        f"samples/s ({eng['tokens_per_s']:,.0f} tokens/s, {eng['model_tflops']:.3f} TFLOP/s, MFU {eng['mfu']:.1%}, "
+        f"{_mib(eng['peak_memory_MiB'])}), reference {ref['samples_per_s']:.2f} samples/s "
+        f"({_mib(ref['peak_memory_MiB'])}): engine / reference x{entry['speedup']:.2f}"
+    )
     if "of_model_only" in entry:
         share = entry["of_model_only"]
         text += f"; of model only: engine {share['engine']:.0%}, reference {share['reference']:.0%}"
     if "compiled_speedup" in entry:
         comp = entry["paths"]["compiled"]
-        text += (f"\n  torch.compile: compiled {comp['samples_per_s']:.2f} samples/s (first step, compiling: "
-                 f"{comp['first_step_s']:.1f} s): compiled / eager x{entry['compiled_speedup']:.2f}")
+        text += (
+            f"\n  torch.compile: compiled {comp['samples_per_s']:.2f} samples/s (first step, compiling: "
+            f"{comp['first_step_s']:.1f} s): compiled / eager x{entry['compiled_speedup']:.2f}"
+        )
     if "checkpointing" in entry:
         ckpt, ratios = entry["paths"]["checkpointed"], entry["checkpointing"]
-        text += (f"\n  activation checkpointing: {ckpt['samples_per_s']:.2f} samples/s (x{ratios['speed']:.2f}), "
-                 f"activations {_mib(eng['activation_MiB'], '')} -> {_mib(ckpt['activation_MiB'], '')}"
-                 f"{_times(ratios['activation_MiB'])}, peak {_mib(eng['peak_memory_MiB'], '')} -> "
-                 f"{_mib(ckpt['peak_memory_MiB'], '')}{_times(ratios['peak_memory_MiB'])}")
+        text += (
+            f"\n  activation checkpointing: {ckpt['samples_per_s']:.2f} samples/s (x{ratios['speed']:.2f}), "
+            f"activations {_mib(eng['activation_MiB'], '')} -> {_mib(ckpt['activation_MiB'], '')}"
+            f"{_times(ratios['activation_MiB'])}, peak {_mib(eng['peak_memory_MiB'], '')} -> "
+            f"{_mib(ckpt['peak_memory_MiB'], '')}{_times(ratios['peak_memory_MiB'])}"
+        )
     return text
 
 
@@ -377,11 +428,21 @@ def sweep(run: Run, source: str, batches: list[int]) -> list[dict]:
     """Stage-1 samples/s, model only, per path and per-device batch."""
     points = []
     for batch in batches:
-        for path, result in fastest_rounds(dataclasses.replace(run, profile=False), 1, "model", batch,
-                                           BASE_PATHS).items():
-            points.append({"config": source, "stage": 1, "path": path, "attention": result["attention"],
-                           "batch": batch, "samples_per_s": result["samples_per_s"], "steps": run.steps,
-                           "repeats": run.repeats})
+        for path, result in fastest_rounds(
+            dataclasses.replace(run, profile=False), 1, "model", batch, BASE_PATHS
+        ).items():
+            points.append(
+                {
+                    "config": source,
+                    "stage": 1,
+                    "path": path,
+                    "attention": result["attention"],
+                    "batch": batch,
+                    "samples_per_s": result["samples_per_s"],
+                    "steps": run.steps,
+                    "repeats": run.repeats,
+                }
+            )
             print(f"sweep batch {batch:>4} {path:<10}: {result['samples_per_s']:.2f} samples/s", flush=True)
     return points
 
@@ -392,34 +453,56 @@ def synthetic_root(cfg: Config, clips_needed: int) -> Path:
 
     clips = min(1024, 64 * math.ceil(max(clips_needed, 64) / 64))
     data = cfg.data
-    return ensure_synthetic(clips=clips, classes=data.synthetic_classes, seed=data.synthetic_seed,
-                            duration=data.synthetic_duration)
+    return ensure_synthetic(
+        clips=clips, classes=data.synthetic_classes, seed=data.synthetic_seed, duration=data.synthetic_duration
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ints = lambda text: [int(v) for v in text.split(",") if v]  # noqa: E731
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True,
-                        help="a run config (JSON); its model.stage and model.teacher are ignored")
+    parser.add_argument(
+        "--config", required=True, help="a run config (JSON); its model.stage and model.teacher are ignored"
+    )
     parser.add_argument("--stages", type=ints, default=[1, 2], help="comma-separated (default 1,2)")
-    parser.add_argument("--modes", type=lambda t: [m for m in t.split(",") if m], default=["model", "end_to_end"],
-                        help="comma-separated from model,end_to_end (default both; empty with --sweep: the sweep only)")
+    parser.add_argument(
+        "--modes",
+        type=lambda t: [m for m in t.split(",") if m],
+        default=["model", "end_to_end"],
+        help="comma-separated from model,end_to_end (default both; empty with --sweep: the sweep only)",
+    )
     parser.add_argument("--batch", type=int, default=None, help="per-device batch (default: 64 on CUDA, 8 on the CPU)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 20 on CUDA, 5 on the CPU)")
-    parser.add_argument("--warmup", type=int, default=None,
-                        help="untimed steps first (default: 5 on CUDA, 2 on the CPU)")
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="rounds per path, the paths alternating; each reports its fastest (default 1)")
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="untimed steps first (default: 5 on CUDA, 2 on the CPU)"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="rounds per path, the paths alternating; each reports its fastest (default 1)",
+    )
     parser.add_argument("--sweep", type=ints, default=[], help="per-device batches for the stage-1 plot, e.g. 1,2,4,8")
-    parser.add_argument("--profile", action="store_true",
-                        help="print the top operators of one model-only step per path")
-    parser.add_argument("--compile", action="store_true",
-                        help="also the engine path under torch.compile (in place, inductor): compiled / eager")
-    parser.add_argument("--grad-checkpointing", action="store_true",
-                        help="also the engine path with activation checkpointing: activation and peak memory, speed")
+    parser.add_argument(
+        "--profile", action="store_true", help="print the top operators of one model-only step per path"
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also the engine path under torch.compile (in place, inductor): compiled / eager",
+    )
+    parser.add_argument(
+        "--grad-checkpointing",
+        action="store_true",
+        help="also the engine path with activation checkpointing: activation and peak memory, speed",
+    )
     parser.add_argument("--root", type=Path, help="a shard directory for end to end (default: the synthetic set)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="DALI threads and reference workers (default: data.num_workers, at most the CPU count)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="DALI threads and reference workers (default: data.num_workers, at most the CPU count)",
+    )
     parser.add_argument("--fresh", action="store_true", help="drop the records of earlier runs from the result files")
     parser.add_argument("overrides", nargs="*", help="section.key=value")
     args = parser.parse_args(argv)
@@ -441,16 +524,26 @@ def main(argv: list[str] | None = None) -> int:
     dtype = torch.bfloat16 if on_gpu else torch.float32
     batch = args.batch or (64 if on_gpu else 8)
     workers = args.workers or max(min(cfg.data.num_workers, os.cpu_count() or 1), 1)
-    run = Run(cfg, device, dtype, warmup=args.warmup if args.warmup is not None else (5 if on_gpu else 2),
-              steps=args.steps or (20 if on_gpu else 5), workers=workers, repeats=args.repeats, profile=args.profile,
-              paths=BASE_PATHS + ("compiled",) * args.compile + ("checkpointed",) * args.grad_checkpointing)
+    run = Run(
+        cfg,
+        device,
+        dtype,
+        warmup=args.warmup if args.warmup is not None else (5 if on_gpu else 2),
+        steps=args.steps or (20 if on_gpu else 5),
+        workers=workers,
+        repeats=args.repeats,
+        profile=args.profile,
+        paths=BASE_PATHS + ("compiled",) * args.compile + ("checkpointed",) * args.grad_checkpointing,
+    )
     if "end_to_end" in args.modes:
         run.root = args.root or synthetic_root(cfg, batch * (run.warmup + run.steps + 1))
     note = CUDA_NOTE if on_gpu else CPU_NOTE
     print(note)
     peak = matmul_tflops(device, dtype)
-    print(f"{device_name(device)}: dense {str(dtype).removeprefix('torch.')} matmul {peak:.3f} TFLOP/s "
-          "(the MFU reference)")
+    print(
+        f"{device_name(device)}: dense {str(dtype).removeprefix('torch.')} matmul {peak:.3f} TFLOP/s "
+        "(the MFU reference)"
+    )
     records = []
     for stage in args.stages:
         model_only = None

@@ -2,6 +2,7 @@
 
 The loader has already cropped, flipped and time-shifted ("R"); these act on the normalised batch.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,7 +27,7 @@ def _random_span_mask(batch: int, length: int, max_width: int, device) -> torch.
 
 
 def add_noise(audio: torch.Tensor, snr_db: float = 20.0) -> torch.Tensor:
-    """"N": Gaussian noise at `snr_db` below each spectrogram's power (its mean square)."""
+    """ "N": Gaussian noise at `snr_db` below each spectrogram's power (its mean square)."""
     power = audio.pow(2).mean(dim=(1, 2, 3), keepdim=True)
     return audio + torch.randn_like(audio) * (power / 10 ** (snr_db / 10)).sqrt()
 

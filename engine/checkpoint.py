@@ -24,6 +24,7 @@ is reported by name and the newest intact tag before it is used instead; a `late
 names no tag gives the newest intact tag, said so. A run directory that logged steps but holds no intact
 checkpoint is refused (`UnusableRun`) unless train.restart asks for a fresh start.
 """
+
 from __future__ import annotations
 
 import errno
@@ -111,8 +112,11 @@ def save(engine, run_dir: Path, client_state: dict) -> None:
         if not out_of_space(err):
             raise
         shutil.rmtree(root / tag, ignore_errors=True)  # without its manifest it is never read anyway
-        raise DiskFull(f"{root}: the disk filled up while writing checkpoint {tag} ({err}); the checkpoint before it "
-                       f"is intact: free space and relaunch the same command", local=True) from None
+        raise DiskFull(
+            f"{root}: the disk filled up while writing checkpoint {tag} ({err}); the checkpoint before it "
+            f"is intact: free space and relaunch the same command",
+            local=True,
+        ) from None
     if rank == 0:
         inject.kill_point("checkpoint_written", step, rank)
         write_atomically(root / LATEST, tag)
@@ -157,12 +161,17 @@ def make_room(root: Path, step: int) -> str | None:
         if free + sum(sizes[:count]) >= need:  # pruning the `count` oldest makes room: do it now, not after
             for tag in spare[:count]:
                 shutil.rmtree(root / tag, ignore_errors=True)
-            print(f"warning: {root}: removed {', '.join(spare[:count])} before its time to make room for "
-                  f"{tag_for(step)}", file=sys.stderr, flush=True)
+            print(
+                f"warning: {root}: removed {', '.join(spare[:count])} before its time to make room for {tag_for(step)}",
+                file=sys.stderr,
+                flush=True,
+            )
             return None
-    return (f"{root}: no room for checkpoint {tag_for(step)}: it needs about {need / 2**20:.1f} MiB (the size of the "
-            f"last one), {free / 2**20:.1f} MiB are free; free space and relaunch the same command (it resumes from "
-            f"{named or kept[0]})")
+    return (
+        f"{root}: no room for checkpoint {tag_for(step)}: it needs about {need / 2**20:.1f} MiB (the size of the "
+        f"last one), {free / 2**20:.1f} MiB are free; free space and relaunch the same command (it resumes from "
+        f"{named or kept[0]})"
+    )
 
 
 def checkpoint_bytes(tag_dir: Path) -> int:
@@ -175,7 +184,7 @@ def checkpoint_bytes(tag_dir: Path) -> int:
 def prune(root: Path, latest: str, keep: int) -> None:
     """Deletes the tags older than the `keep` newest up to and including `latest` (by step, not file time)."""
     older = sorted(p.name for p in root.iterdir() if p.is_dir() and TAG.fullmatch(p.name) and p.name < latest)
-    for name in older[:max(len(older) - (keep - 1), 0)]:
+    for name in older[: max(len(older) - (keep - 1), 0)]:
         shutil.rmtree(root / name, ignore_errors=True)
 
 
@@ -264,13 +273,18 @@ def resume_tag(run_dir: Path, restart: bool) -> str | None:
     if dist.get_rank() == 0:
         tag, notes = (None, []) if restart else choose(run_dir)
         if tag is not None and notes:
-            print(f"warning: {'; '.join(notes)}: resuming from {run_dir / 'checkpoints' / tag}", file=sys.stderr,
-                  flush=True)
+            print(
+                f"warning: {'; '.join(notes)}: resuming from {run_dir / 'checkpoints' / tag}",
+                file=sys.stderr,
+                flush=True,
+            )
         elif tag is None and not restart and (logged_steps(run_dir) or notes):  # never silently from step 1
             why = f" ({'; '.join(notes)})" if notes else ""
-            choice[1] = (f"{run_dir} holds a run ({logged_steps(run_dir)} logged steps) but no intact checkpoint"
-                         f"{why}; set train.restart=true to start it afresh (its logs and checkpoints are replaced), "
-                         f"or choose another train.output_dir")
+            choice[1] = (
+                f"{run_dir} holds a run ({logged_steps(run_dir)} logged steps) but no intact checkpoint"
+                f"{why}; set train.restart=true to start it afresh (its logs and checkpoints are replaced), "
+                f"or choose another train.output_dir"
+            )
         choice[0] = tag
     dist.broadcast_object_list(choice, src=0)
     if choice[1] is not None:

@@ -11,6 +11,7 @@ mAP is the mean over classes with at least one positive of the average precision
 is top-1 against the first label. Retrieval: audio-to-video (and video-to-audio) R@1/5/10 and median rank
 over the evaluation pairs, one similarity matrix product (`scores.retrieval_metrics`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,7 +68,7 @@ def class_scores(model: Classifier, loader: Loader, multi_label: bool) -> tuple[
         audio, video = batch["audio"].to(dtype), batch["video"].to(dtype)
         windows = video.unbind(1) if video.dim() == 6 else (video,)  # (B, clips, 3, T, S, S) in multi-clip
         logits = [model(audio, window).float() for window in windows]
-        probs = [l.sigmoid() if multi_label else l.softmax(dim=-1) for l in logits]
+        probs = [clip.sigmoid() if multi_label else clip.softmax(dim=-1) for clip in logits]
         probabilities.append(torch.stack(probs).mean(dim=0))
         labels.append(batch["label"].to(probabilities[-1].device))
     return gather_predictions(torch.cat(probabilities)), gather_predictions(torch.cat(labels))
@@ -77,8 +78,10 @@ def class_scores(model: Classifier, loader: Loader, multi_label: bool) -> tuple[
 def retrieval_embeddings(model: Classifier, loader: Loader) -> tuple[torch.Tensor, torch.Tensor]:
     dtype = next(model.parameters()).dtype
     pairs = [model.embeddings(b["audio"].to(dtype), b["video"].to(dtype)) for b in loader]
-    return (gather_predictions(torch.cat([a for a, _ in pairs]).float()),
-            gather_predictions(torch.cat([v for _, v in pairs]).float()))
+    return (
+        gather_predictions(torch.cat([a for a, _ in pairs]).float()),
+        gather_predictions(torch.cat([v for _, v in pairs]).float()),
+    )
 
 
 def evaluate(model: Classifier, cfg: Config, root: Path, device: torch.device) -> dict:
@@ -92,16 +95,27 @@ def evaluate(model: Classifier, cfg: Config, root: Path, device: torch.device) -
     mode, ft = cfg.finetune.mode, cfg.finetune
     if mode == "retrieval":
         audio_emb, video_emb = retrieval_embeddings(model, _loader(cfg, root, device, 1, health))
-        result = {"pairs": len(audio_emb), **retrieval_metrics(audio_emb, video_emb, both_directions=True),
-                  "chance_R@1": chance_recall(len(audio_emb), 1)}
+        result = {
+            "pairs": len(audio_emb),
+            **retrieval_metrics(audio_emb, video_emb, both_directions=True),
+            "chance_R@1": chance_recall(len(audio_emb), 1),
+        }
     else:
         multi_label = ft.loss == "bce"
         scores, labels = class_scores(model, _loader(cfg, root, device, 1, health), multi_label)
-        result = {"clips": len(scores), "mAP": mean_average_precision(scores, labels)[0], "accuracy": accuracy(scores, labels)}
+        result = {
+            "clips": len(scores),
+            "mAP": mean_average_precision(scores, labels)[0],
+            "accuracy": accuracy(scores, labels),
+        }
         if mode != "audio" and ft.eval_clips > 1:
             scores, labels = class_scores(model, _loader(cfg, root, device, ft.eval_clips, health), multi_label)
-            result.update({f"mAP_{ft.eval_clips}clips": mean_average_precision(scores, labels)[0],
-                           f"accuracy_{ft.eval_clips}clips": accuracy(scores, labels)})
+            result.update(
+                {
+                    f"mAP_{ft.eval_clips}clips": mean_average_precision(scores, labels)[0],
+                    f"accuracy_{ft.eval_clips}clips": accuracy(scores, labels),
+                }
+            )
     model.train(was_training)
     return {**result, **health.tally(Windows.from_config(cfg)).fields()}
 
@@ -127,7 +141,9 @@ def load_run(run_dir: Path, device: torch.device) -> tuple[Classifier, Config]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, type=Path, help="a fine-tuning run directory")
-    parser.add_argument("--data", type=Path, help="evaluation shards (default: the run's finetune.eval_root or synthetic)")
+    parser.add_argument(
+        "--data", type=Path, help="evaluation shards (default: the run's finetune.eval_root or synthetic)"
+    )
     parser.add_argument("--device", choices=DEVICES, help="cuda or cpu (default: the run's train.device)")
     parser.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher")
     return parser.parse_args(argv)

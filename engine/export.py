@@ -13,6 +13,7 @@ Pre-training exports by itself at the end; this is for a run that stopped early,
 checkpoint (ZeRO stages 0-3: DeepSpeed's own zero_to_fp32 merges the shards). The model config
 comes from RUN_DIR/config.json and is stored in the file's metadata.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,8 +75,11 @@ def export_av_superb(run_dir: Path, out: Path | None = None, force: bool = False
         state, _ = to_avsuperb(load_teacher(weights), model_cfg)  # the decoders are left out
     problems = expert_problems(model_cfg, classes)
     if problems and not force:
-        raise ValueError("AV-SUPERB's expert would not compute this model's states: " + "; ".join(problems)
-                         + " (--force writes it anyway)")
+        raise ValueError(
+            "AV-SUPERB's expert would not compute this model's states: "
+            + "; ".join(problems)
+            + " (--force writes it anyway)"
+        )
     out = out or run_dir / AV_SUPERB_FILE
     partial = out.with_name(f".{out.name}.partial")
     torch.save({"model": state}, partial)
@@ -86,11 +90,15 @@ def export_av_superb(run_dir: Path, out: Path | None = None, force: bool = False
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--out", type=Path, help="default: RUN_DIR/model.safetensors (av-superb: RUN_DIR/"
-                        f"{AV_SUPERB_FILE})")
+    parser.add_argument(
+        "--out", type=Path, help=f"default: RUN_DIR/model.safetensors (av-superb: RUN_DIR/{AV_SUPERB_FILE})"
+    )
     parser.add_argument("--format", choices=("safetensors", "av-superb"), default="safetensors")
-    parser.add_argument("--force", action="store_true", help="av-superb: write a model the expert computes "
-                        "differently, printing each difference")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="av-superb: write a model the expert computes differently, printing each difference",
+    )
     args = parser.parse_args(argv)
     try:
         if args.format == "av-superb":

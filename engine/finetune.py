@@ -13,6 +13,7 @@ repetition of small classes (Table 10's *, `finetune.balance_fraction`). The loo
 are `trainer.Trainer`'s; after the last epoch the model is exported and evaluated on the evaluation set
 (`evaluate.py`), the scores written to RUN_DIR/eval.json.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,13 +52,15 @@ class Finetuner(Trainer):
         self.manifest = self.health.manifest
         self.num_classes = len(self.manifest["label_names"])
         self.mode = cfg.finetune.mode
-        self.tokens_per_sample = (cfg.model.audio_tokens if self.mode != "video" else 0) + \
-                                 (cfg.model.video_tokens if self.mode != "audio" else 0)
+        self.tokens_per_sample = (cfg.model.audio_tokens if self.mode != "video" else 0) + (
+            cfg.model.video_tokens if self.mode != "audio" else 0
+        )
         self.draws = self._sampler(cfg, rank, world)
         super().__init__(cfg, rank, world, device)
 
     def _sampler(self, cfg, rank: int, world: int) -> WeightedDraws | BalancedRepeats | None:
-        """Each epoch's clips for this rank: weighted draws (App. B), classes repeated (SPC), or None: every clip once."""
+        """Each epoch's clips for this rank: weighted draws (App. B), classes repeated (SPC), or None (every clip
+        once)."""
         ft, labels = cfg.finetune, self.health.labels()
         if ft.weighted_sampling:
             return WeightedDraws(clip_weights(labels, self.num_classes), ft.sampling_size, rank, world, cfg.train.seed)
@@ -68,8 +71,10 @@ class Finetuner(Trainer):
     def _balance_reference(self) -> int | None:
         name, names = self.cfg.finetune.balance_class, self.manifest["label_names"]
         if name is not None and name not in names:
-            raise ConfigError(f"{self.cfg.source}: finetune.balance_class = {name!r}: not a class of {self.root} "
-                              f"(its label names: {', '.join(names[:10])}{', ...' if len(names) > 10 else ''})")
+            raise ConfigError(
+                f"{self.cfg.source}: finetune.balance_class = {name!r}: not a class of {self.root} "
+                f"(its label names: {', '.join(names[:10])}{', ...' if len(names) > 10 else ''})"
+            )
         return None if name is None else names.index(name)
 
     def build_model(self) -> torch.nn.Module:
@@ -93,10 +98,25 @@ class Finetuner(Trainer):
         spec.gain_db = self.cfg.finetune.magnitude_db
         seed = self.cfg.train.seed * 1000 + epoch
         if self.draws is not None:
-            return Loader(self.root, spec, self.rank, self.world, seed, self.device, clips=self.draws.epoch(epoch).tolist(),
-                          health=self.health)
-        return Loader(self.root, spec, rank=(self.rank + epoch) % self.world, world_size=self.world, seed=seed,
-                      device=self.device, health=self.health)
+            return Loader(
+                self.root,
+                spec,
+                self.rank,
+                self.world,
+                seed,
+                self.device,
+                clips=self.draws.epoch(epoch).tolist(),
+                health=self.health,
+            )
+        return Loader(
+            self.root,
+            spec,
+            rank=(self.rank + epoch) % self.world,
+            world_size=self.world,
+            seed=seed,
+            device=self.device,
+            health=self.health,
+        )
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
         batch = self.augment(batch)
@@ -137,8 +157,10 @@ class Finetuner(Trainer):
         scores = evaluate(self.engine.module, self.cfg, eval_root(self.cfg), self.device)
         if self.rank == 0:
             (self.run_dir / "eval.json").write_text(json.dumps(scores, indent=1) + "\n")
-            print("evaluation: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                             for k, v in scores.items()))
+            print(
+                "evaluation: "
+                + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in scores.items())
+            )
         return path
 
 

@@ -21,6 +21,7 @@ checkpoint holds for the checkpoint points, the last step for `export`; `rank` d
 Example: MAVIL_INJECT="nan_loss:step=3:rank=1;kill:point=latest:step=5". Without the variable every hook
 returns at once. A malformed value raises ValueError naming the variable and the fault.
 """
+
 from __future__ import annotations
 
 import functools
@@ -32,8 +33,13 @@ import torch
 
 VARIABLE = "MAVIL_INJECT"
 POINTS = ("backward", "checkpoint_files", "checkpoint_written", "latest", "export")
-KINDS = {"nan_loss": ("step", "rank"), "kill": ("point", "step", "rank"), "term": ("step", "rank"),
-         "term_launcher": ("step", "rank"), "disk_full": ("step",)}
+KINDS = {
+    "nan_loss": ("step", "rank"),
+    "kill": ("point", "step", "rank"),
+    "term": ("step", "rank"),
+    "term_launcher": ("step", "rank"),
+    "disk_full": ("step",),
+}
 
 
 @functools.cache
@@ -56,14 +62,17 @@ def parse(item: str) -> dict:
             raise ValueError(f"{VARIABLE}: fault '{item}': {key} must be a whole number, got '{value}'")
         fault[key] = value if key == "point" else int(value)
     if "step" not in fault or (kind == "kill" and fault.get("point") not in POINTS):
-        raise ValueError(f"{VARIABLE}: fault '{item}': needs step=S" +
-                         (f" and point=one of {', '.join(POINTS)}" if kind == "kill" else ""))
+        raise ValueError(
+            f"{VARIABLE}: fault '{item}': needs step=S"
+            + (f" and point=one of {', '.join(POINTS)}" if kind == "kill" else "")
+        )
     return fault
 
 
 def _matches(kind: str, step: int, rank: int, point: str | None = None) -> bool:
-    return any(f["kind"] == kind and f["step"] == step and f["rank"] == rank and f.get("point") == point
-               for f in faults())
+    return any(
+        f["kind"] == kind and f["step"] == step and f["rank"] == rank and f.get("point") == point for f in faults()
+    )
 
 
 def poison_loss(losses: dict[str, torch.Tensor], step: int, rank: int) -> dict[str, torch.Tensor]:

@@ -7,6 +7,7 @@ The device is the run's choice (train.device), never a fallback: "cuda" is one G
 before any work where torch sees none (`why_no_cuda` says why, `preflight` refuses); "cpu" trains on the CPU
 even where a GPU exists, with DeepSpeed's CPU accelerator.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,12 +32,17 @@ def init_distributed(device: str) -> tuple[int, int, torch.device]:
     """-> (rank, world size, this rank's device) for `device` (train.device): "cuda", the GPU LOCAL_RANK with
     NCCL; "cpu", gloo. Raises RuntimeError for "cuda" where torch sees no GPU (preflight refuses that earlier)."""
     if device == "cuda" and (reason := why_no_cuda()) is not None:
-        raise RuntimeError(f"train.device = \"cuda\": {reason}")
+        raise RuntimeError(f'train.device = "cuda": {reason}')
     deepspeed = require("deepspeed")
     use_accelerator(device)
     if "RANK" not in os.environ:  # a plain `python` run: one process
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=os.environ.get("MASTER_PORT") or str(free_port()))
+        os.environ.update(
+            RANK="0",
+            LOCAL_RANK="0",
+            WORLD_SIZE="1",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=os.environ.get("MASTER_PORT") or str(free_port()),
+        )
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if device == "cuda":
         torch.cuda.set_device(local_rank)
@@ -79,8 +85,10 @@ def why_no_cuda() -> str | None:
     words = "; ".join(dict.fromkeys(_first_sentence(text.removeprefix("CUDA initialization: ")) for text in said))
     build = f"torch {torch.__version__} (built for CUDA {torch.version.cuda})"
     if "too old" in words:
-        return (f"the NVIDIA driver is too old for {build}: {words}; update the driver or install a torch built for "
-                f"the CUDA version it supports")
+        return (
+            f"the NVIDIA driver is too old for {build}: {words}; update the driver or install a torch built for "
+            f"the CUDA version it supports"
+        )
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     hidden = f"; CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else ""
     return f"no CUDA device visible to {build}: {words or 'torch.cuda.is_available() is false'}{hidden}"
@@ -108,8 +116,12 @@ def synthetic_set(data: DataConfig, seed: int | None = None, clips: int | None =
     once into the cache. Under a process group rank 0 generates while the others wait."""
     from ..data.synthetic import ensure_synthetic
 
-    args = dict(clips=clips or data.synthetic_clips, classes=data.synthetic_classes,
-                seed=data.synthetic_seed if seed is None else seed, duration=data.synthetic_duration)
+    args = dict(
+        clips=clips or data.synthetic_clips,
+        classes=data.synthetic_classes,
+        seed=data.synthetic_seed if seed is None else seed,
+        duration=data.synthetic_duration,
+    )
     return rank_zero_first(lambda: ensure_synthetic(**args))
 
 

@@ -7,6 +7,7 @@ tokens/s (input tokens of both modalities, global over ranks), and, where the mo
 rank 0 writes. Skipped steps add nothing to the loss means. A run that resumes first cuts its logs back to
 the checkpoint's step (`rewind`), so a crash leaves neither repeated steps nor a half-written line behind.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,13 +40,18 @@ class Metrics:
     def flush(self, **fields) -> dict:
         """Means over the window and all ranks; appends a line to metrics.jsonl on rank 0. -> the line."""
         names = sorted(self.sums)
-        totals = torch.tensor([self.sums[n] for n in names] + [self.micro_steps, self.samples], dtype=torch.float64,
-                              device=self.device)
+        totals = torch.tensor(
+            [self.sums[n] for n in names] + [self.micro_steps, self.samples], dtype=torch.float64, device=self.device
+        )
         dist.all_reduce(totals)
         seconds = time.perf_counter() - self.start
         *sums, micro_steps, samples = totals.tolist()
-        line = {**fields, **{n: s / micro_steps for n, s in zip(names, sums)}, "samples_per_s": samples / seconds,
-                "tokens_per_s": samples * self.tokens_per_sample / seconds}
+        line = {
+            **fields,
+            **{n: s / micro_steps for n, s in zip(names, sums)},
+            "samples_per_s": samples / seconds,
+            "tokens_per_s": samples * self.tokens_per_sample / seconds,
+        }
         if self.flops_per_sample:
             line["model_tflops"] = samples * self.flops_per_sample / seconds / 1e12
         self._append(line)
@@ -85,7 +91,10 @@ def rewind(path: Path, keep) -> None:
     except OSError as err:
         partial.unlink(missing_ok=True)
         if out_of_space(err):
-            raise DiskFull(f"{path.parent}: no room to cut {path.name} back to the resumed step ({err.strerror}); "
-                           f"free space and relaunch the same command", local=True) from None
+            raise DiskFull(
+                f"{path.parent}: no room to cut {path.name} back to the resumed step ({err.strerror}); "
+                f"free space and relaunch the same command",
+                local=True,
+            ) from None
         raise
     os.replace(partial, path)

@@ -24,6 +24,7 @@ with non-finite values as the strings "nan", "inf", "-inf" (JSON has no such num
 carry `skipped_steps` too. `train.max_bad_steps` skipped steps in a row raise NonFiniteStop (exit status 3);
 the trainer writes checkpoints only after applied steps, so `checkpoints/latest` still names the last good state.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,15 +48,21 @@ def check_deepspeed(ds_config: dict, source: str) -> None:
     zero = ds_config.get("zero_optimization", {})
     stage = zero.get("stage", 0)
     if stage not in (1, 2):
-        raise ConfigError(f"{source}: deepspeed.zero_optimization.stage = {json.dumps(stage)}: must be 1 or 2 "
-                          "(ZeRO stage 1 and 2 skip an optimizer step whose gradients are not finite)")
+        raise ConfigError(
+            f"{source}: deepspeed.zero_optimization.stage = {json.dumps(stage)}: must be 1 or 2 "
+            "(ZeRO stage 1 and 2 skip an optimizer step whose gradients are not finite)"
+        )
     bf16, fp16 = ds_config.get("bf16", {}).get("enabled", False), ds_config.get("fp16", {}).get("enabled", False)
     if bf16 and ds_config["bf16"].get("check_grad_overflow", True) is False:
-        raise ConfigError(f"{source}: deepspeed.bf16.check_grad_overflow = false: must stay true "
-                          "(in bf16 it is how DeepSpeed finds non-finite gradients)")
+        raise ConfigError(
+            f"{source}: deepspeed.bf16.check_grad_overflow = false: must stay true "
+            "(in bf16 it is how DeepSpeed finds non-finite gradients)"
+        )
     if not (bf16 or fp16) and zero.get("compute_grad_norm", True) is False:
-        raise ConfigError(f"{source}: deepspeed.zero_optimization.compute_grad_norm = false: must stay true "
-                          "(in fp32 the gradient norm is how DeepSpeed finds non-finite gradients)")
+        raise ConfigError(
+            f"{source}: deepspeed.zero_optimization.compute_grad_norm = false: must stay true "
+            "(in fp32 the gradient norm is how DeepSpeed finds non-finite gradients)"
+        )
 
 
 def loss_to_backward(loss: torch.Tensor) -> torch.Tensor:
@@ -89,10 +96,12 @@ class StepGuard:
         self.in_a_row += 1
         self.record(window, step, epoch, skipped_steps)
         if self.in_a_row >= self.max_bad_steps:
-            raise NonFiniteStop(f"{self.in_a_row} optimizer steps in a row skipped for a non-finite loss or gradient "
-                                f"(train.max_bad_steps = {self.max_bad_steps}), the last at step {step}: stopping "
-                                f"without a checkpoint, checkpoints/latest names the last good state "
-                                f"(the skipped steps are in {self.metrics.path}, \"event\": \"skipped_step\")")
+            raise NonFiniteStop(
+                f"{self.in_a_row} optimizer steps in a row skipped for a non-finite loss or gradient "
+                f"(train.max_bad_steps = {self.max_bad_steps}), the last at step {step}: stopping "
+                f"without a checkpoint, checkpoints/latest names the last good state "
+                f'(the skipped steps are in {self.metrics.path}, "event": "skipped_step")'
+            )
 
     def record(self, window: list[tuple[dict, int]], step: int, epoch: float, skipped_steps: int) -> None:
         """Every rank's loss parts of the skipped step -> stderr (rank 0) and an event line of metrics.jsonl."""
@@ -101,14 +110,25 @@ class StepGuard:
         dist.all_gather_object(per_rank, means)
         bad = [rank for rank, parts in enumerate(per_rank) if not math.isfinite(parts["loss"])]
         reason = f"non-finite loss on rank {', '.join(map(str, bad))}" if bad else "non-finite gradient"
-        self.metrics.event("skipped_step", step=step, epoch=epoch, reason=reason, skipped_steps=skipped_steps,
-                           in_a_row=self.in_a_row,
-                           losses=[{name: json_number(value) for name, value in parts.items()} for parts in per_rank])
+        self.metrics.event(
+            "skipped_step",
+            step=step,
+            epoch=epoch,
+            reason=reason,
+            skipped_steps=skipped_steps,
+            in_a_row=self.in_a_row,
+            losses=[{name: json_number(value) for name, value in parts.items()} for parts in per_rank],
+        )
         if self.rank == 0:
-            parts_text = "; ".join(f"rank {rank}: " + ", ".join(f"{name} {value:.4g}" for name, value in parts.items())
-                                   for rank, parts in enumerate(per_rank))
-            tqdm.write(f"step {step} skipped ({reason}; {skipped_steps} skipped so far, {self.in_a_row} in a row): "
-                       f"{parts_text}", file=sys.stderr)  # below the progress bar, not inside it
+            parts_text = "; ".join(
+                f"rank {rank}: " + ", ".join(f"{name} {value:.4g}" for name, value in parts.items())
+                for rank, parts in enumerate(per_rank)
+            )
+            tqdm.write(
+                f"step {step} skipped ({reason}; {skipped_steps} skipped so far, {self.in_a_row} in a row): "
+                f"{parts_text}",
+                file=sys.stderr,
+            )  # below the progress bar, not inside it
 
 
 def json_number(value: float) -> float | str:

@@ -4,6 +4,7 @@ No decay on biases and norms (1-D parameters) nor on learned tokens ([CLS], [MAS
 `lr_scales` maps a parameter-name prefix to a factor on the scheduled lr (fine-tuning audio+video trains
 the video encoder at 0.5x); `schedule.set_lr` applies it through each group's "lr_scale".
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -19,5 +20,7 @@ def param_groups(model: nn.Module, weight_decay: float, lr_scales: dict[str, flo
         decay = not (param.ndim <= 1 or name.endswith(NO_DECAY_SUFFIXES))
         scale = next((s for prefix, s in (lr_scales or {}).items() if name.startswith(prefix)), 1.0)
         groups.setdefault((decay, scale), []).append(param)
-    return [{"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
-            for (decay, scale), params in sorted(groups.items())]
+    return [
+        {"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
+        for (decay, scale), params in sorted(groups.items())
+    ]

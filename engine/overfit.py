@@ -6,9 +6,10 @@
 A sanity check of the whole model path on the CPU in seconds: stage 1 trains on raw targets and
 is exported to a consolidated weights file; stage 2 loads that file as its frozen teacher and
 trains a fresh student on its fusion features. Both losses must fall. The batch is smooth random
-noise (see `example_batch`) of the configs' input shapes; the data pipeline and the DeepSpeed engine replace it in later work.
+noise (see `example_batch`) of the configs' input shapes.
 Overrides apply to both configs.
 """
+
 from __future__ import annotations
 
 import argparse

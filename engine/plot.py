@@ -6,6 +6,7 @@ One subplot per quantity (the keys starting with "loss", then lr and samples_per
 with a legend (e.g. stage 1 and stage 2). A quantity one run did not log is simply absent from that
 run's lines.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,9 @@ def draw_curves(runs: dict[str, list[dict]]) -> Figure:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mavil.engine.plot", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m mavil.engine.plot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("runs", nargs="+", type=Path, help="run directories holding metrics.jsonl")
     parser.add_argument("--out", type=Path, default=Path("curves.png"), help="the PNG to write (default curves.png)")
     parser.add_argument("--labels", nargs="+", help="one legend label per run (default: the run directories)")

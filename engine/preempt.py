@@ -12,6 +12,7 @@ Ranks also stop when their launcher dies: a thread polls the parent process and,
 its runner (the grandparent); when either is gone the rank stops as if signalled, and exits outright if it has not
 stopped `ORPHAN_GRACE_S` seconds later (a peer may have died with it), so no rank trains on as an orphan.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,8 +55,7 @@ class Preemption:
             return
         if not self.armed:
             if os.environ.get("RANK", "0") == "0":  # the others are stopped by the launcher because rank 0 was
-                print(f"error: stopped by {name} before training started; nothing to save", file=sys.stderr,
-                      flush=True)
+                print(f"error: stopped by {name} before training started; nothing to save", file=sys.stderr, flush=True)
             os._exit(128 + signum)
         if self.reason is None:
             self.reason, self.first_at = name, time.monotonic()
@@ -73,8 +73,11 @@ class Preemption:
             self.reason, self.first_at = f"the launcher's exit (process {gone[0].pid})", time.monotonic()
         time.sleep(ORPHAN_GRACE_S)
         if not self.done:
-            print(f"error: the launcher is gone and the run did not stop within {ORPHAN_GRACE_S:.0f} s: exiting",
-                  file=sys.stderr, flush=True)
+            print(
+                f"error: the launcher is gone and the run did not stop within {ORPHAN_GRACE_S:.0f} s: exiting",
+                file=sys.stderr,
+                flush=True,
+            )
             os._exit(STATUS)
 
     def requested(self, device: torch.device) -> bool:

@@ -22,6 +22,7 @@ and before the process group, the model, DeepSpeed or the data start (`trainer.m
 A refusal is a ConfigError naming the config file, the key and the value, as the config's own are, or a
 MissingDependency naming the pip requirement; the entry points print it and exit with status 2.
 """
+
 from __future__ import annotations
 
 import json
@@ -62,8 +63,10 @@ def _check_contrastive_clips(cfg: Config, world: int) -> None:
         return
     clips = cfg.train.micro_batch * (world if model.global_negatives else 1)
     if clips < 2:
-        why = (f"InfoNCE over {clips} clip is 0 (model.alpha = {model.alpha:g}, model.beta = {model.beta:g}): use 2 "
-               f"or more clips per micro-batch, model.global_negatives on several ranks, or model.alpha=0 model.beta=0")
+        why = (
+            f"InfoNCE over {clips} clip is 0 (model.alpha = {model.alpha:g}, model.beta = {model.beta:g}): use 2 "
+            f"or more clips per micro-batch, model.global_negatives on several ranks, or model.alpha=0 model.beta=0"
+        )
         Checker(cfg.source, "train").fail("micro_batch", cfg.train.micro_batch, why)
 
 
@@ -90,8 +93,10 @@ def check_evaluation(cfg: Config, run_dir: Path, data: Path | None) -> None:
     expected = [*encoder_names(cfg.finetune.mode), *(["head"] if cfg.finetune.mode != "retrieval" else [])]
     for part in expected:
         if not any(name.startswith(f"{part}.") for name in names):
-            raise ConfigError(f"--run {run_dir}: {weights} holds no {part}.* tensors: not the fine-tuned model of "
-                              f"finetune.mode = {json.dumps(cfg.finetune.mode)}")
+            raise ConfigError(
+                f"--run {run_dir}: {weights} holds no {part}.* tensors: not the fine-tuned model of "
+                f"finetune.mode = {json.dumps(cfg.finetune.mode)}"
+            )
     if data is not None:
         try:
             read_manifest(data)
@@ -109,8 +114,12 @@ def _check_run(cfg: Config, world: int) -> dict | None:
     _check_device(cfg, "to train on the CPU, set train.device=cpu")
     check_deepspeed(deepspeed_config(cfg, world), cfg.source)  # ZeRO settings that skip non-finite steps
     output_dir = Path(cfg.train.output_dir)
-    Checker(cfg.source, "train").that("output_dir", cfg.train.output_dir, output_dir.is_dir() or not output_dir.exists(),
-                                       "exists and is not a directory")
+    Checker(cfg.source, "train").that(
+        "output_dir",
+        cfg.train.output_dir,
+        output_dir.is_dir() or not output_dir.exists(),
+        "exists and is not a directory",
+    )
     if cfg.model.attention == "xformers":
         reason = why_xformers_unavailable(cfg.train.device)
         Checker(cfg.source, "model").that("attention", "xformers", reason is None, f"{reason}; use auto or sdpa")
@@ -129,15 +138,20 @@ def _check_classes(cfg: Config, train_manifest: dict | None, eval_manifest: dict
     if train_manifest is None:
         return
     train_labels, mode = train_manifest["label_names"], cfg.finetune.mode
-    Checker(cfg.source, "data").that("root", cfg.data.root, bool(train_labels),
-                                      f"its manifest names no classes (label_names is empty), and finetune.mode = "
-                                      f"{json.dumps(mode)} classifies")
+    Checker(cfg.source, "data").that(
+        "root",
+        cfg.data.root,
+        bool(train_labels),
+        f"its manifest names no classes (label_names is empty), and finetune.mode = {json.dumps(mode)} classifies",
+    )
     if eval_manifest is not None and eval_manifest["label_names"] != train_labels:
         eval_labels = eval_manifest["label_names"]
         Checker(cfg.source, "finetune").fail(
-            "eval_root", cfg.finetune.eval_root,
+            "eval_root",
+            cfg.finetune.eval_root,
             f"its {len(eval_labels)} label names are not data.root's {len(train_labels)} "
-            f"({_first_difference(eval_labels, train_labels)}): the classifier's outputs would mean other classes")
+            f"({_first_difference(eval_labels, train_labels)}): the classifier's outputs would mean other classes",
+        )
 
 
 def _first_difference(ours: list, theirs: list) -> str:
@@ -162,24 +176,30 @@ def _check_inits(cfg: Config, encoders: tuple[str, ...]) -> None:
         path = getattr(cfg.model, key)
         if path is None or encoder not in encoders:
             continue
-        check.that(key, path, Path(path).is_file(), f"no such file; {SOURCES[key]}; to run without it (random "
-                   f"initialisation) set model.{key}=null")
+        check.that(
+            key,
+            path,
+            Path(path).is_file(),
+            f"no such file; {SOURCES[key]}; to run without it (random initialisation) set model.{key}=null",
+        )
         try:
             check_init(cfg.model, key, path)
         except ValueError as err:
             check.fail(key, path, _reason(err, path))
 
 
-def _check_weights(cfg: Config, check: Checker, key: str, path: str, parts: tuple[str, ...],
-                   same_grid: bool = False) -> None:
+def _check_weights(
+    cfg: Config, check: Checker, key: str, path: str, parts: tuple[str, ...], same_grid: bool = False
+) -> None:
     try:
         stored = stored_architecture(path, parts)
     except ValueError as err:  # ConfigError included: the file's own stored config is invalid
         check.fail(key, path, _reason(err, path))
     differences = architecture_differences(stored, cfg.model, parts, same_grid)
     if differences:
-        listed = "; ".join(f"model.{name} = {json.dumps(theirs)} there, {json.dumps(ours)} here"
-                           for name, theirs, ours in differences)
+        listed = "; ".join(
+            f"model.{name} = {json.dumps(theirs)} there, {json.dumps(ours)} here" for name, theirs, ours in differences
+        )
         check.fail(key, path, f"the architecture of its {', '.join(parts)} differs from this config's: {listed}")
 
 

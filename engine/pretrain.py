@@ -9,6 +9,7 @@ pipeline over each rank's part of the clips; the parts rotate over ranks from ep
 order and augmentation follow (seed, epoch). Stage 2 checks at the end that the frozen teacher's
 weights are the file's, bit for bit (teacher.json).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,7 +40,9 @@ class Pretrainer(Trainer):
         self.root = dataset_root(cfg.data)
         self.health = checked_health(self.root, cfg.data)  # only usable clips are read; refused above the ceiling
         self.tokens_per_sample = cfg.model.audio_tokens + cfg.model.video_tokens
-        self.flops_per_sample = step_flops(cfg.model, cfg.train.micro_batch)["step_per_sample"]  # teacher: same encoders
+        self.flops_per_sample = step_flops(cfg.model, cfg.train.micro_batch)[
+            "step_per_sample"
+        ]  # teacher: same encoders
         super().__init__(cfg, rank, world, device)
 
     def build_model(self) -> torch.nn.Module:
@@ -55,10 +58,17 @@ class Pretrainer(Trainer):
         return param_groups(model, self.cfg.train.weight_decay)
 
     def epoch_loader(self, epoch: int) -> Loader:
-        """This epoch's part of the clips: the parts rotate over ranks, the order and augmentation follow (seed, epoch)."""
+        """This epoch's part of the clips: the parts rotate over ranks, order and augmentation follow (seed, epoch)."""
         spec = LoaderSpec.from_config(self.cfg, self.cfg.train.micro_batch, train=True)
-        return Loader(self.root, spec, rank=(self.rank + epoch) % self.world, world_size=self.world,
-                      seed=self.cfg.train.seed * 1000 + epoch, device=self.device, health=self.health)
+        return Loader(
+            self.root,
+            spec,
+            rank=(self.rank + epoch) % self.world,
+            world_size=self.world,
+            seed=self.cfg.train.seed * 1000 + epoch,
+            device=self.device,
+            health=self.health,
+        )
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
         return self.engine(batch["audio"].to(self.dtype), batch["video"].to(self.dtype))
@@ -76,9 +86,12 @@ class Pretrainer(Trainer):
         if teacher is None:
             return
         dtype = next(teacher.parameters()).dtype
-        record = {"file": self.cfg.model.teacher, "dtype": str(dtype).removeprefix("torch."),
-                  "sha256_file": fingerprint(load_teacher(self.cfg.model.teacher).to(dtype)),
-                  "sha256_after_training": fingerprint(teacher)}
+        record = {
+            "file": self.cfg.model.teacher,
+            "dtype": str(dtype).removeprefix("torch."),
+            "sha256_file": fingerprint(load_teacher(self.cfg.model.teacher).to(dtype)),
+            "sha256_after_training": fingerprint(teacher),
+        }
         (self.run_dir / "teacher.json").write_text(json.dumps(record, indent=1) + "\n")
         if record["sha256_file"] != record["sha256_after_training"]:
             raise RuntimeError(f"the frozen teacher changed during training: {record}")

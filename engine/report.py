@@ -5,6 +5,7 @@
 Finds RUN_ROOT/*/eval.json (each written by engine/finetune.py) and prints a row per run: its mode,
 its initialisation (a pre-training export or random) and its scores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,9 +21,16 @@ def rows(root: Path) -> list[dict]:
     for path in sorted(root.glob("*/eval.json")):
         finetune = json.loads((path.parent / "config.json").read_text())["finetune"]
         scores = json.loads(path.read_text())
-        found.append({"run": path.parent.name, "mode": finetune["mode"], "init": finetune["init"] or "random",
-                      **{c: scores.get(c) for c in COLUMNS}, "accuracy multi-clip": multi_clip(scores, "accuracy"),
-                      "mAP multi-clip": multi_clip(scores, "mAP")})
+        found.append(
+            {
+                "run": path.parent.name,
+                "mode": finetune["mode"],
+                "init": finetune["init"] or "random",
+                **{c: scores.get(c) for c in COLUMNS},
+                "accuracy multi-clip": multi_clip(scores, "accuracy"),
+                "mAP multi-clip": multi_clip(scores, "mAP"),
+            }
+        )
     return found
 
 
@@ -32,11 +40,24 @@ def multi_clip(scores: dict, metric: str) -> float | None:
 
 
 def table(found: list[dict]) -> str:
-    columns = ["run", "mode", "init", "accuracy", "accuracy multi-clip", "mAP", "mAP multi-clip", "a2v_R@1",
-               "a2v_R@5", "a2v_median_rank", "chance_R@1"]
+    columns = [
+        "run",
+        "mode",
+        "init",
+        "accuracy",
+        "accuracy multi-clip",
+        "mAP",
+        "mAP multi-clip",
+        "a2v_R@1",
+        "a2v_R@5",
+        "a2v_median_rank",
+        "chance_R@1",
+    ]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in found:
-        cells = [f"{row[c]:.3f}" if isinstance(row[c], float) else ("" if row[c] is None else str(row[c])) for c in columns]
+        cells = [
+            f"{row[c]:.3f}" if isinstance(row[c], float) else ("" if row[c] is None else str(row[c])) for c in columns
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

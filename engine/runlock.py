@@ -5,6 +5,7 @@ written, so a second launch into a directory in use is refused at once (`RunLock
 host, process id and start time, which the holder writes into the file) and changes nothing. The kernel drops the
 lock when its holder exits, however it exits (kill -9 included): a stale file never blocks a relaunch.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -40,12 +41,16 @@ def acquire(run_dir: Path) -> None:
             named = f"host {who['host']}, pid {who['pid']}, started {who['started']}"
         except (ValueError, KeyError, TypeError):
             named = "a holder that has not written its name yet"
-        raise RunLocked(f"{run_dir} is in use by another launch ({named}); wait for it to end or stop it, "
-                        f"or choose another train.output_dir") from None
+        raise RunLocked(
+            f"{run_dir} is in use by another launch ({named}); wait for it to end or stop it, "
+            f"or choose another train.output_dir"
+        ) from None
     handle.seek(0)
     handle.truncate()
-    handle.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}) + "\n")
+    handle.write(
+        json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")})
+        + "\n"
+    )
     handle.flush()
     _held.append((run_dir, handle, created))
 

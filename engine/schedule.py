@@ -5,6 +5,7 @@ half-cycle cosine from lr_eff down to `min_lr` at the end of `epochs`. Progress 
 epochs as a float (optimizer steps done / steps per epoch), so the lr changes every iteration and
 depends on nothing but the step: resuming from a checkpoint gives the same lr without any state.
 """
+
 from __future__ import annotations
 
 import math

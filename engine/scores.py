@@ -5,6 +5,7 @@ Pure functions of tensors, vectorised in torch, on whatever device the tensors l
 keeps predictions on the GPU and calls these once at the end. Definitions follow scikit-learn where it has
 one (`average_precision_score`, `accuracy_score`); the tests check against it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -66,15 +67,17 @@ def accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
         _check_pair(scores, labels, "labels")
         labels = labels.argmax(1)
     elif scores.dim() != 2 or labels.shape != scores.shape[:1]:
-        raise ValueError(f"scores, labels: expected (N, C) and (N,) or (N, C), got {tuple(scores.shape)} and "
-                         f"{tuple(labels.shape)}")
+        raise ValueError(
+            f"scores, labels: expected (N, C) and (N,) or (N, C), got {tuple(scores.shape)} and {tuple(labels.shape)}"
+        )
     if scores.shape[0] == 0:
         raise ValueError("scores: no samples, accuracy is undefined")
     return float((scores.argmax(1) == labels).to(torch.float64).mean())
 
 
-def retrieval_metrics(query_emb: torch.Tensor, key_emb: torch.Tensor,
-                      both_directions: bool = False) -> dict[str, float]:
+def retrieval_metrics(
+    query_emb: torch.Tensor, key_emb: torch.Tensor, both_directions: bool = False
+) -> dict[str, float]:
     """Audio-to-video retrieval: query i (audio) matches key i (video) of (N, H) embeddings.
 
     -> {"a2v_R@1", "a2v_R@5", "a2v_R@10": fractions in [0, 1], "a2v_median_rank": float}; with
@@ -84,8 +87,10 @@ def retrieval_metrics(query_emb: torch.Tensor, key_emb: torch.Tensor,
     The median of an even count is the mean of the two middle ranks (as numpy's).
     """
     if query_emb.dim() != 2 or query_emb.shape != key_emb.shape or query_emb.shape[0] == 0:
-        raise ValueError(f"query_emb, key_emb: expected two (N, H) tensors of one shape with N > 0, got "
-                         f"{tuple(query_emb.shape)} and {tuple(key_emb.shape)}")
+        raise ValueError(
+            f"query_emb, key_emb: expected two (N, H) tensors of one shape with N > 0, got "
+            f"{tuple(query_emb.shape)} and {tuple(key_emb.shape)}"
+        )
     similarity = F.normalize(query_emb.float(), dim=1) @ F.normalize(key_emb.float(), dim=1).T  # (N queries, N keys)
     metrics = _recalls(_true_key_ranks(similarity), "a2v_")
     if both_directions:
@@ -131,7 +136,7 @@ def gather_predictions(tensor: torch.Tensor, count: int | None = None, group=Non
         return real
     counts = _row_counts(real.shape[0], real.device, group)
     padded = real.new_zeros((max(counts), *real.shape[1:]))  # all_gather needs one shape on every rank
-    padded[:real.shape[0]] = real
+    padded[: real.shape[0]] = real
     parts = [torch.empty_like(padded) for _ in counts]
     dist.all_gather(parts, padded, group=group)
     return torch.cat([part[:n] for part, n in zip(parts, counts)])
@@ -146,5 +151,7 @@ def _row_counts(rows: int, device: torch.device, group=None) -> list[int]:
 
 def _check_pair(scores: torch.Tensor, other: torch.Tensor, name: str) -> None:
     if scores.dim() != 2 or other.shape != scores.shape or scores.shape[0] == 0:
-        raise ValueError(f"scores, {name}: expected two (N, C) tensors of one shape with N > 0, got "
-                         f"{tuple(scores.shape)} and {tuple(other.shape)}")
+        raise ValueError(
+            f"scores, {name}: expected two (N, C) tensors of one shape with N > 0, got "
+            f"{tuple(scores.shape)} and {tuple(other.shape)}"
+        )

@@ -22,6 +22,7 @@ gradient exchanges paired and lets every epoch end on an optimizer step (so a ch
 half-accumulated gradients); it leaves out at most one batch plus one accumulation window's worth of
 a rank's clips per epoch, a different tail each epoch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,10 @@ class Trainer:
         self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
         self.run_dir = Path(cfg.train.output_dir)
         if self.health is not None and self.health.usable < cfg.train.global_batch:  # steps would be short
-            raise ConfigError(f"{cfg.source}: train.global_batch = {cfg.train.global_batch}: the training set "
-                              f"{self.health.root} has {self.health.usable} usable clips, fewer than one global batch")
+            raise ConfigError(
+                f"{cfg.source}: train.global_batch = {cfg.train.global_batch}: the training set "
+                f"{self.health.root} has {self.health.usable} usable clips, fewer than one global batch"
+            )
         self.resume_tag = checkpoint.resume_tag(self.run_dir, cfg.train.restart)  # refuses a run it cannot resume
         if cfg.train.restart and rank == 0:
             checkpoint.discard(self.run_dir)
@@ -83,8 +86,12 @@ class Trainer:
             return
         changes = config_changes(json.loads(saved.read_text()), self.cfg.to_dict())
         if changes:
-            print(f"warning: resuming {self.run_dir} under a config that differs from the one it was run with: "
-                  f"{'; '.join(changes)}", file=sys.stderr, flush=True)
+            print(
+                f"warning: resuming {self.run_dir} under a config that differs from the one it was run with: "
+                f"{'; '.join(changes)}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     # what a subclass provides
     @staticmethod
@@ -135,21 +142,28 @@ class Trainer:
         dist.all_reduce(count, op=dist.ReduceOp.MIN)
         total = int(count) // self.accumulation * self.accumulation
         if total == 0:
-            raise ConfigError(f"{len(loader)} micro-batches on a rank, fewer than the {self.accumulation} accumulation "
-                              f"steps of one optimizer step (train.global_batch too large for the data)")
+            raise ConfigError(
+                f"{len(loader)} micro-batches on a rank, fewer than the {self.accumulation} accumulation "
+                f"steps of one optimizer step (train.global_batch too large for the data)"
+            )
         return total
 
     def run(self) -> Path:
         state = checkpoint.load(self.engine, self.run_dir, self.resume_tag) or {"epoch": 0, "micro_step": 0}
         self.rewind_logs(self.engine.global_steps)
         if self.engine.global_steps and self.rank == 0:
-            print(f"resuming at step {self.engine.global_steps}: epoch {state['epoch']}, micro-batch {state['micro_step']}")
+            print(
+                f"resuming at step {self.engine.global_steps}: epoch {state['epoch']}, "
+                f"micro-batch {state['micro_step']}"
+            )
         if self.health is not None and self.rank == 0:
             print(f"data: {self.health.root}: {self.data_tally()}", flush=True)
         if self.preemption is not None:
             self.preemption.armed = True  # from here a signal asks for a checkpoint at the next step's end
         for epoch in range(state["epoch"], self.cfg.train.epochs):
-            if self.reached_max_steps() or self.train_epoch(epoch, state["micro_step"] if epoch == state["epoch"] else 0):
+            if self.reached_max_steps() or self.train_epoch(
+                epoch, state["micro_step"] if epoch == state["epoch"] else 0
+            ):
                 break
         return self.finish()
 
@@ -218,13 +232,18 @@ class Trainer:
         epoch_done = next_index == total
         self.guard.close_step(applied, step, epoch + next_index / total, self.engine.skipped_steps)
         if (step % train.log_every == 0 or epoch_done) and self.metrics.micro_steps:  # none: all skipped
-            self.last_line = self.metrics.flush(step=step, epoch=epoch + next_index / total,
-                                                lr=self.engine.optimizer.param_groups[0]["lr"],
-                                                skipped_steps=self.engine.skipped_steps)
+            self.last_line = self.metrics.flush(
+                step=step,
+                epoch=epoch + next_index / total,
+                lr=self.engine.optimizer.param_groups[0]["lr"],
+                skipped_steps=self.engine.skipped_steps,
+            )
             bar.set_postfix(loss=f"{self.last_line['loss']:.4f}", clips_s=f"{self.last_line['samples_per_s']:.1f}")
             self.monitor(step)
         finished = self.reached_max_steps()
-        self.checkpoint_owed |= finished or epoch_done or (train.checkpoint_every > 0 and step % train.checkpoint_every == 0)
+        self.checkpoint_owed |= (
+            finished or epoch_done or (train.checkpoint_every > 0 and step % train.checkpoint_every == 0)
+        )
         stop = self.preemption is not None and self.preemption.requested(self.device)  # agreed by every rank
         self.checkpoint_owed |= stop
         if self.checkpoint_owed and applied:
@@ -232,9 +251,11 @@ class Trainer:
             self.checkpoint_owed = False
         if stop and applied:  # after a skipped step the stop waits for the next applied one, and its checkpoint
             self.preemption.stopped()
-            raise Preempted(f"stopped by {self.preemption.reason or 'a signal on another rank'} after step {step}: "
-                            f"checkpoint {self.run_dir / 'checkpoints' / checkpoint.tag_for(step)}; "
-                            f"relaunch the same command to resume")
+            raise Preempted(
+                f"stopped by {self.preemption.reason or 'a signal on another rank'} after step {step}: "
+                f"checkpoint {self.run_dir / 'checkpoints' / checkpoint.tag_for(step)}; "
+                f"relaunch the same command to resume"
+            )
         return finished
 
     def monitor(self, step: int) -> None:

@@ -18,6 +18,7 @@ of the original patch at the same position (as MAE's demos do), so each predicte
 original's level and contrast: the figure says so. Stage-2 models predict the teacher's features,
 not inputs, and are refused.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,6 +68,7 @@ class Panels:
 
 # ---- from reconstruct()'s tokens to images -------------------------------------------------------------------
 
+
 def rescaled_norm_pix(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """(B, N, D) per-patch normalised predictions -> input units, with the mean and std of the target patch at the
     same position: the inverse of norm_pix_loss's normalisation (masked_mse's own statistics)."""
@@ -74,8 +76,15 @@ def rescaled_norm_pix(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return pred * std + mean
 
 
-def restored_inputs(pred: torch.Tensor, mask: torch.Tensor, target: torch.Tensor, patch: tuple[int, ...], chans: int,
-                    size: tuple[int, ...], norm_pix: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def restored_inputs(
+    pred: torch.Tensor,
+    mask: torch.Tensor,
+    target: torch.Tensor,
+    patch: tuple[int, ...],
+    chans: int,
+    size: tuple[int, ...],
+    norm_pix: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One modality's reconstruct() outputs, pred and target (B, N, D), mask (B, N) -> in input layout: the original
     (B, C, *size), the reconstruction (predictions at hidden tokens, the original at visible ones) (B, C, *size)
     and the hidden pixels (B, *size) bool."""
@@ -104,18 +113,34 @@ def reconstruction_panels(outputs: dict[str, torch.Tensor], cfg: ModelConfig) ->
     """MAViL.reconstruct()'s outputs (stage 1, any device) -> {"audio": Panels, "video": Panels}."""
     out = {name: value.detach().cpu() for name, value in outputs.items()}
     audio_size, video_size = (cfg.audio_frames, cfg.audio_mel_bins), (cfg.video_frames, cfg.video_size, cfg.video_size)
-    a_orig, a_rec, a_hidden = restored_inputs(out["audio_pred"], out["audio_mask"], out["audio_target"],
-                                              tuple(cfg.audio_patch), AUDIO_CHANNELS, audio_size, cfg.norm_pix_loss)
-    v_orig, v_rec, v_hidden = restored_inputs(out["video_pred"], out["video_mask"], out["video_target"],
-                                              tuple(cfg.video_patch), VIDEO_CHANNELS, video_size, cfg.norm_pix_loss)
+    a_orig, a_rec, a_hidden = restored_inputs(
+        out["audio_pred"],
+        out["audio_mask"],
+        out["audio_target"],
+        tuple(cfg.audio_patch),
+        AUDIO_CHANNELS,
+        audio_size,
+        cfg.norm_pix_loss,
+    )
+    v_orig, v_rec, v_hidden = restored_inputs(
+        out["video_pred"],
+        out["video_mask"],
+        out["video_target"],
+        tuple(cfg.video_patch),
+        VIDEO_CHANNELS,
+        video_size,
+        cfg.norm_pix_loss,
+    )
     low, high = float(a_orig.min()), float(a_orig.max())
-    audio = Panels.build(spectrogram_rgb(a_orig, low, high), spectrogram_rgb(a_rec, low, high),
-                         a_hidden.transpose(1, 2).numpy())
+    audio = Panels.build(
+        spectrogram_rgb(a_orig, low, high), spectrogram_rgb(a_rec, low, high), a_hidden.transpose(1, 2).numpy()
+    )
     video = Panels.build(video_rgb(v_orig), video_rgb(v_rec), v_hidden.numpy())
     return {"audio": audio, "video": video}
 
 
 # ---- drawing -----------------------------------------------------------------------------------------------
+
 
 def draw(panels: dict[str, Panels], keys: list[str], title: str) -> Figure:
     """A figure of 3 rows per clip, each row T video frames and one spectrogram: clips * 3 * (T + 1) axes."""
@@ -124,12 +149,24 @@ def draw(panels: dict[str, Panels], keys: list[str], title: str) -> Figure:
     mel_bins, audio_frames = audio.original.shape[1:3]
     spectrogram_width = min(max(audio_frames / mel_bins, 1.0), 4.0)  # in frame widths
     margins = {"left": 0.9, "right": 0.35, "bottom": 0.35, "top": 1.0}  # inches
-    fig = Figure(figsize=(FRAME_INCHES * (frames + spectrogram_width) + margins["left"] + margins["right"],
-                          FRAME_INCHES * 3 * clips + margins["bottom"] + margins["top"]))
+    fig = Figure(
+        figsize=(
+            FRAME_INCHES * (frames + spectrogram_width) + margins["left"] + margins["right"],
+            FRAME_INCHES * 3 * clips + margins["bottom"] + margins["top"],
+        )
+    )
     width, height = fig.get_size_inches()
-    grid = fig.add_gridspec(3 * clips, frames + 1, width_ratios=[1.0] * frames + [spectrogram_width],
-                            left=margins["left"] / width, right=1 - margins["right"] / width,
-                            bottom=margins["bottom"] / height, top=1 - margins["top"] / height, wspace=0.04, hspace=0.08)
+    grid = fig.add_gridspec(
+        3 * clips,
+        frames + 1,
+        width_ratios=[1.0] * frames + [spectrogram_width],
+        left=margins["left"] / width,
+        right=1 - margins["right"] / width,
+        bottom=margins["bottom"] / height,
+        top=1 - margins["top"] / height,
+        wspace=0.04,
+        hspace=0.08,
+    )
     for clip in range(clips):
         for row, (name, clip_frames, spectrogram) in enumerate(zip(ROWS, video.rows(clip), audio.rows(clip))):
             line = 3 * clip + row
@@ -159,20 +196,27 @@ def _bare(ax):
 
 
 def caption(name: str, mask_ratio: float, norm_pix: bool) -> str:
-    lines = [name, f"per clip: original / masked input ({mask_ratio:.0%} of patches hidden, grey) / "
-                   "reconstruction (predictions at masked patches, visible patches pasted back)"]
+    lines = [
+        name,
+        f"per clip: original / masked input ({mask_ratio:.0%} of patches hidden, grey) / "
+        "reconstruction (predictions at masked patches, visible patches pasted back)",
+    ]
     return "\n".join(lines + [NORM_PIX_NOTE] if norm_pix else lines)
 
 
 # ---- model and data ----------------------------------------------------------------------------------------
 
+
 def load_stage1_model(path: str | Path) -> MAViL:
-    """The MAViL saved in a weights file, in eval mode; a stage-2 model is refused (it predicts features, not inputs)."""
+    """The MAViL saved in a weights file, in eval mode; a stage-2 model is refused (it predicts features, not
+    inputs)."""
     state, raw_cfg = read_weights(path)
     stage = raw_cfg.get("stage", 1)
     if stage != 1:
-        raise ValueError(f"{path}: a stage-{stage} model predicts its teacher's fusion features, not spectrograms and "
-                         f"pixels; only stage-1 models reconstruct their inputs (its teacher is one: {raw_cfg.get('teacher')})")
+        raise ValueError(
+            f"{path}: a stage-{stage} model predicts its teacher's fusion features, not spectrograms and "
+            f"pixels; only stage-1 models reconstruct their inputs (its teacher is one: {raw_cfg.get('teacher')})"
+        )
     model = MAViL(model_config_from_dict(raw_cfg, source=f"{path} metadata"))
     try:
         model.load_state_dict(state)
@@ -195,8 +239,11 @@ def figure_for(model: MAViL, batch: dict, mask_ratio: float, name: str) -> Figur
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m mavil.engine.visualize", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m mavil.engine.visualize",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", type=Path, help="a run directory: its model.safetensors and config.json")
     source.add_argument("--weights", type=Path, help="a consolidated weights file (with --config)")
@@ -215,11 +262,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace, device: torch.device) -> Path:
-    weights, config = (args.run / "model.safetensors", args.run / "config.json") if args.run else (args.weights, args.config)
+    weights, config = (
+        (args.run / "model.safetensors", args.run / "config.json") if args.run else (args.weights, args.config)
+    )
     model = load_stage1_model(weights)
     for tokens in (model.cfg.audio_tokens, model.cfg.video_tokens):
         if not 0.0 < args.mask_ratio < 1.0 or not 1 <= num_visible(tokens, args.mask_ratio) < tokens:
-            raise ValueError(f"--mask-ratio {args.mask_ratio}: must leave some of {tokens} tokens visible and some hidden")
+            raise ValueError(
+                f"--mask-ratio {args.mask_ratio}: must leave some of {tokens} tokens visible and some hidden"
+            )
     cfg = dataclasses.replace(load_config(config), model=model.cfg)  # the loader makes the inputs this model takes
     batch = first_batch(args.data or dataset_root(cfg.data), cfg, args.clips, args.seed, device)
     torch.manual_seed(args.seed)

@@ -11,18 +11,21 @@ reference|triton|auto (default auto) forces a path (see `_dispatch`). This packa
 and triton only (and the leaf `mavil.deps`, which names the pip package when triton does not import);
 it knows no model.
 """
-from ..deps import require
-from . import _dispatch  # first: it prepares Triton's interpreter before any kernel is defined
 
-require("triton")  # the kernels below import it: fail naming the package and its install command
+from . import _dispatch  # noqa: F401 (first: it prepares Triton's interpreter and checks that triton imports)
 from .info_nce import info_nce, info_nce_global, info_nce_reference
 from .masked_gather import masked_gather, masked_gather_reference
 from .masked_mse import masked_mse, masked_mse_reference
 from .masked_restore import masked_restore, masked_restore_reference
 
 __all__ = [
-    "info_nce", "info_nce_global", "info_nce_reference",
-    "masked_gather", "masked_gather_reference",
-    "masked_mse", "masked_mse_reference",
-    "masked_restore", "masked_restore_reference",
+    "info_nce",
+    "info_nce_global",
+    "info_nce_reference",
+    "masked_gather",
+    "masked_gather_reference",
+    "masked_mse",
+    "masked_mse_reference",
+    "masked_restore",
+    "masked_restore_reference",
 ]

@@ -1,4 +1,5 @@
 """Argument checks shared by the ops: each failure names the argument, its shape and what was expected."""
+
 from __future__ import annotations
 
 import torch

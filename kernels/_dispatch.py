@@ -6,11 +6,16 @@ then run in Triton's interpreter, which decides at kernel definition time, so TR
 must be set before the kernels are defined. Importing mavil.kernels with MAVIL_KERNELS=triton on a
 machine without CUDA sets it.
 """
+
 from __future__ import annotations
 
 import os
 
 import torch
+
+from ..deps import require
+
+require("triton")  # the kernels import it: fail naming the package and its install command
 
 MODES = ("auto", "reference", "triton")
 # Set by tests: Triton outputs start as NaN instead of uninitialised memory, so an element a kernel
@@ -41,8 +46,10 @@ def use_triton(tensor: torch.Tensor) -> bool:
     if mode == "auto":
         return tensor.is_cuda
     if not tensor.is_cuda and not INTERPRETED_AT_IMPORT:
-        raise RuntimeError("MAVIL_KERNELS=triton with CPU tensors runs Triton's interpreter: set TRITON_INTERPRET=1 "
-                           "before mavil.kernels is imported")
+        raise RuntimeError(
+            "MAVIL_KERNELS=triton with CPU tensors runs Triton's interpreter: set TRITON_INTERPRET=1 "
+            "before mavil.kernels is imported"
+        )
     return True
 
 

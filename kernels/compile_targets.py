@@ -16,6 +16,7 @@ Triton's interpreter decides when a kernel is defined, so this needs a process i
 is unset before triton is imported (the test runs this module in a fresh interpreter). Each distinct
 specialisation compiles once per target; cases that launch it again reuse the result.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,6 +60,7 @@ DTYPES = {  # label -> (activation dtype, position buffer dtype)
 @dataclass
 class Case:
     """One call of a public function (forward, then backward through autograd) at one size and dtype."""
+
     op: str
     shape: str
     dtype: str
@@ -88,8 +90,11 @@ def ptxas_usage(ptx: str, capability: int) -> dict:
         src = os.path.join(tmp, "kernel.ptx")
         with open(src, "w") as f:
             f.write(ptx)
-        done = subprocess.run([get_ptxas(capability).path, "-v", f"--gpu-name={arch}", src, "-o", src + ".o"],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [get_ptxas(capability).path, "-v", f"--gpu-name={arch}", src, "-o", src + ".o"],
+            capture_output=True,
+            text=True,
+        )
     log = done.stdout + done.stderr
     if done.returncode != 0:
         raise RuntimeError(f"ptxas failed for {arch}:\n{log}")
@@ -98,8 +103,12 @@ def ptxas_usage(ptx: str, capability: int) -> dict:
         found = re.search(pattern, log)
         return int(found.group(1)) if found else 0
 
-    return {"registers": number(r"Used (\d+) registers"), "spill_stores": number(r"(\d+) bytes spill stores"),
-            "spill_loads": number(r"(\d+) bytes spill loads"), "static_smem": number(r"(\d+) bytes smem")}
+    return {
+        "registers": number(r"Used (\d+) registers"),
+        "spill_stores": number(r"(\d+) bytes spill stores"),
+        "spill_loads": number(r"(\d+) bytes spill loads"),
+        "static_smem": number(r"(\d+) bytes smem"),
+    }
 
 
 GLOBAL_LOAD = re.compile(r"\bld\.global\S*")
@@ -130,17 +139,29 @@ class Recorder:
         if ident not in self.compiled:
             self.compiled[ident] = self._compile(fn, compile)
         case = self.case
-        self.launches.append({"op": case and case.op, "shape": case and case.shape, "dtype": case and case.dtype,
-                              "kernel": fn.name, "ident": ident})
+        self.launches.append(
+            {
+                "op": case and case.op,
+                "shape": case and case.shape,
+                "dtype": case and case.dtype,
+                "kernel": fn.name,
+                "ident": ident,
+            }
+        )
         return True  # handled: the JIT launches nothing
 
     def _compile(self, fn, compile: dict) -> dict:
         spec = json.loads(compile["specialization_data"])
         options = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["options"].items()}
         constexprs = {fn.jit_function.arg_names[path[0]]: value for path, value in compile["constants"].items()}
-        record = {"kernel": fn.name, "capability": self.capability, "signature": compile["signature"],
-                  "constexprs": {k: str(v) for k, v in constexprs.items()}, "num_warps": options["num_warps"],
-                  "num_stages": options["num_stages"]}
+        record = {
+            "kernel": fn.name,
+            "capability": self.capability,
+            "signature": compile["signature"],
+            "constexprs": {k: str(v) for k, v in constexprs.items()},
+            "num_warps": options["num_warps"],
+            "num_stages": options["num_stages"],
+        }
         start = time.perf_counter()
         try:
             src = ASTSource(fn.jit_function, compile["signature"], compile["constants"], compile["configs"][0])
@@ -169,8 +190,10 @@ class Recorder:
 def compile_only(capability: int) -> Iterator[Recorder]:
     """Within: calls of the public functions on CPU tensors compile their kernels for sm_<capability>."""
     if _dispatch.interpreted():
-        raise RuntimeError("compile_only needs TRITON_INTERPRET unset before triton is imported "
-                           "(the kernels are interpreted functions here): run it in a fresh process")
+        raise RuntimeError(
+            "compile_only needs TRITON_INTERPRET unset before triton is imported "
+            "(the kernels are interpreted functions here): run it in a fresh process"
+        )
     recorder = Recorder(capability)
     saved = driver.active if driver._active is not None else None
     saved_hook = knobs.runtime.jit_cache_hook
@@ -202,6 +225,7 @@ def gather_case(tokens: int, keep: int, dtype: str) -> Case:
         ids_keep, _ = _ids(tokens, keep)
         out = masked_gather(x, ids_keep, _position_buffer(tokens, ENCODER_DIM, pos_dtype))
         out.backward(torch.empty_like(out))
+
     return Case("masked_gather", f"B={B} N={tokens} K={keep} D={ENCODER_DIM}", dtype, run)
 
 
@@ -213,6 +237,7 @@ def restore_case(tokens: int, keep: int, dim: int, dtype: str) -> Case:
         _, ids_restore = _ids(tokens, keep)
         out = masked_restore(fused[:, 1:], ids_restore, mask_token, _position_buffer(tokens, dim, pos_dtype))
         out.backward(torch.empty_like(out))
+
     return Case("masked_restore", f"B={B} N={tokens} K={keep} D={dim}", dtype, run)
 
 
@@ -222,6 +247,7 @@ def nce_case(queries: int, keys: int, dtype: str, offset: int = 0) -> Case:
         x = torch.empty(queries, ENCODER_DIM, dtype=act, requires_grad=True)
         y = torch.empty(keys, ENCODER_DIM, dtype=act, requires_grad=True)
         info_nce(x, y, 0.1, offset=offset).backward()
+
     shape = f"M={queries}" if queries == keys else f"M={queries} Nk={keys} offset={offset}"
     shape += f" H={ENCODER_DIM}"
     return Case("info_nce", shape, dtype, run)
@@ -236,6 +262,7 @@ def mse_case(tokens: int, dim: int, norm_pix: bool, dtype: str, teacher: bool = 
         target = after_cls if teacher else torch.empty(B, tokens, dim, dtype=act)
         mask = torch.zeros(B, tokens)
         masked_mse(pred, target, mask, norm_pix).backward()
+
     return Case("masked_mse", f"B={B} N={tokens} P={dim}" + (" norm_pix" if norm_pix else ""), dtype, run)
 
 
@@ -267,10 +294,20 @@ def compile_cases(capability: int, cases: list[Case]) -> tuple[list[dict], dict]
             try:
                 case.run()
             except Exception as error:  # noqa: BLE001 - a launcher that fails is a row too
-                recorder.launches.append({"op": case.op, "shape": case.shape, "dtype": case.dtype, "kernel": None,
-                                          "ident": ("launcher", case.op, case.shape, case.dtype)})
+                recorder.launches.append(
+                    {
+                        "op": case.op,
+                        "shape": case.shape,
+                        "dtype": case.dtype,
+                        "kernel": None,
+                        "ident": ("launcher", case.op, case.shape, case.dtype),
+                    }
+                )
                 recorder.compiled[recorder.launches[-1]["ident"]] = {
-                    "kernel": None, "capability": capability, "error": f"{type(error).__name__}: {error}"}
+                    "kernel": None,
+                    "capability": capability,
+                    "error": f"{type(error).__name__}: {error}",
+                }
     return recorder.rows(), recorder.ptx
 
 
@@ -279,8 +316,13 @@ def load_cases(spec: str) -> list[Case]:
     return getattr(importlib.import_module(module), name)()
 
 
-def compile_in_subprocess(capabilities=tuple(TARGETS), cases: str | None = None, with_ptx: bool = False,
-                          cwd: str | None = None, timeout: float = 600) -> dict:
+def compile_in_subprocess(
+    capabilities=tuple(TARGETS),
+    cases: str | None = None,
+    with_ptx: bool = False,
+    cwd: str | None = None,
+    timeout: float = 600,
+) -> dict:
     """Runs this module in a fresh interpreter, without TRITON_INTERPRET, one process per target in parallel (in
     `cwd`, where the module of `cases` imports from); returns {"rows": [...], "ptx": {row["ptx_key"]: PTX}} (the
     PTX only with_ptx)."""
@@ -289,10 +331,19 @@ def compile_in_subprocess(capabilities=tuple(TARGETS), cases: str | None = None,
         runs = []
         for capability in capabilities:
             out = os.path.join(tmp, f"sm{capability}.json")
-            command = [sys.executable, "-m", "mavil.kernels.compile_targets", "--capability", str(capability),
-                       "--json", out] + (["--cases", cases] if cases else []) + (["--ptx"] if with_ptx else [])
-            runs.append((out, subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE,
-                                               stderr=subprocess.STDOUT, text=True)))
+            command = (
+                [sys.executable, "-m", "mavil.kernels.compile_targets", "--capability", str(capability), "--json", out]
+                + (["--cases", cases] if cases else [])
+                + (["--ptx"] if with_ptx else [])
+            )
+            runs.append(
+                (
+                    out,
+                    subprocess.Popen(
+                        command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+                    ),
+                )
+            )
         result = {"rows": [], "ptx": {}}
         for out, process in runs:
             log, _ = process.communicate(timeout=timeout)

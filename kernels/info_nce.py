@@ -14,6 +14,7 @@ similarity tiles from the saved lse, one kernel for the query gradient and one f
 extra memory stays O((M + Nk) * H). Sums are fp32; products IEEE fp32 for fp32 inputs, TF32 tensor
 cores for bf16/fp16 inputs (exact for the similarities: TF32 holds every bf16/fp16 value).
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,8 +33,9 @@ BLOCK_ROWS = 32
 BLOCK_H_TF32, BLOCK_H_IEEE = 64, 16
 
 
-def info_nce_reference(x: torch.Tensor, y: torch.Tensor, tau: float, symmetric: bool = False,
-                       offset: int = 0) -> torch.Tensor:
+def info_nce_reference(
+    x: torch.Tensor, y: torch.Tensor, tau: float, symmetric: bool = False, offset: int = 0
+) -> torch.Tensor:
     # x: (M, H), y: (Nk, H)  ->  ()
     x = F.normalize(x.float(), dim=-1)
     y = F.normalize(y.float(), dim=-1)
@@ -54,23 +56,54 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _similarity(q_ptr, k_ptr, rows, cols, M, Nk, H, inv_tau, IEEE: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr):
+def _similarity(
+    q_ptr,
+    k_ptr,
+    rows,
+    cols,
+    M,
+    Nk,
+    H,
+    inv_tau,
+    IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
     """(BLOCK_M, BLOCK_N) fp32 tile of q[rows] . k[cols] / tau; -inf for columns past Nk."""
     sim = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for h0 in range(0, H, BLOCK_H):
         hs = h0 + tl.arange(0, BLOCK_H)
-        q = tl.load(q_ptr + rows[:, None].to(tl.int64) * H + hs[None, :],
-                    mask=(rows[:, None] < M) & (hs[None, :] < H), other=0.0)
-        k = tl.load(k_ptr + cols[:, None].to(tl.int64) * H + hs[None, :],
-                    mask=(cols[:, None] < Nk) & (hs[None, :] < H), other=0.0)
+        q = tl.load(
+            q_ptr + rows[:, None].to(tl.int64) * H + hs[None, :],
+            mask=(rows[:, None] < M) & (hs[None, :] < H),
+            other=0.0,
+        )
+        k = tl.load(
+            k_ptr + cols[:, None].to(tl.int64) * H + hs[None, :],
+            mask=(cols[:, None] < Nk) & (hs[None, :] < H),
+            other=0.0,
+        )
         sim += _dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), IEEE)
     return tl.where(cols[None, :] < Nk, sim * inv_tau, float("-inf"))
 
 
 @triton.jit
-def _nce_fwd(q_ptr, k_ptr, lse_ptr, loss_ptr, M, Nk, H, offset, inv_tau, IEEE: tl.constexpr,
-             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr):
+def _nce_fwd(
+    q_ptr,
+    k_ptr,
+    lse_ptr,
+    loss_ptr,
+    M,
+    Nk,
+    H,
+    offset,
+    inv_tau,
+    IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     running_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     running_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -88,8 +121,23 @@ def _nce_fwd(q_ptr, k_ptr, lse_ptr, loss_ptr, M, Nk, H, offset, inv_tau, IEEE: t
 
 
 @triton.jit
-def _grad_sim(q_ptr, k_ptr, lse_ptr, rows, cols, M, Nk, H, offset, inv_tau, scale, IEEE: tl.constexpr,
-              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr):
+def _grad_sim(
+    q_ptr,
+    k_ptr,
+    lse_ptr,
+    rows,
+    cols,
+    M,
+    Nk,
+    H,
+    offset,
+    inv_tau,
+    scale,
+    IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
     """d loss / d sim for a tile, times 1/tau: (softmax - onehot(positive)) * grad / M / tau; 0 outside."""
     sim = _similarity(q_ptr, k_ptr, rows, cols, M, Nk, H, inv_tau, IEEE, BLOCK_M, BLOCK_N, BLOCK_H)
     lse = tl.load(lse_ptr + rows, mask=rows < M, other=0.0)
@@ -100,20 +148,38 @@ def _grad_sim(q_ptr, k_ptr, lse_ptr, rows, cols, M, Nk, H, offset, inv_tau, scal
 
 
 @triton.jit
-def _nce_bwd_queries(q_ptr, k_ptr, lse_ptr, scale_ptr, dq_ptr, M, Nk, H, offset, inv_tau, IEEE: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr):
+def _nce_bwd_queries(
+    q_ptr,
+    k_ptr,
+    lse_ptr,
+    scale_ptr,
+    dq_ptr,
+    M,
+    Nk,
+    H,
+    offset,
+    inv_tau,
+    IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
     """dq[rows] = sum over key blocks of dsim @ k, accumulated in the (fp32, zeroed) output: this program owns these
     rows."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     scale = tl.load(scale_ptr)
     for n0 in range(0, Nk, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
-        dsim = _grad_sim(q_ptr, k_ptr, lse_ptr, rows, cols, M, Nk, H, offset, inv_tau, scale, IEEE,
-                         BLOCK_M, BLOCK_N, BLOCK_H)
+        dsim = _grad_sim(
+            q_ptr, k_ptr, lse_ptr, rows, cols, M, Nk, H, offset, inv_tau, scale, IEEE, BLOCK_M, BLOCK_N, BLOCK_H
+        )
         for h0 in range(0, H, BLOCK_H):
             hs = h0 + tl.arange(0, BLOCK_H)
-            k = tl.load(k_ptr + cols[:, None].to(tl.int64) * H + hs[None, :],
-                        mask=(cols[:, None] < Nk) & (hs[None, :] < H), other=0.0)
+            k = tl.load(
+                k_ptr + cols[:, None].to(tl.int64) * H + hs[None, :],
+                mask=(cols[:, None] < Nk) & (hs[None, :] < H),
+                other=0.0,
+            )
             out = dq_ptr + rows[:, None].to(tl.int64) * H + hs[None, :]
             inside = (rows[:, None] < M) & (hs[None, :] < H)
             acc = tl.load(out, mask=inside, other=0.0) + _dot(dsim, k.to(tl.float32), IEEE)
@@ -121,19 +187,37 @@ def _nce_bwd_queries(q_ptr, k_ptr, lse_ptr, scale_ptr, dq_ptr, M, Nk, H, offset,
 
 
 @triton.jit
-def _nce_bwd_keys(q_ptr, k_ptr, lse_ptr, scale_ptr, dk_ptr, M, Nk, H, offset, inv_tau, IEEE: tl.constexpr,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr):
+def _nce_bwd_keys(
+    q_ptr,
+    k_ptr,
+    lse_ptr,
+    scale_ptr,
+    dk_ptr,
+    M,
+    Nk,
+    H,
+    offset,
+    inv_tau,
+    IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
     """dk[cols] = sum over query blocks of dsim^T @ q, accumulated like the queries'."""
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     scale = tl.load(scale_ptr)
     for m0 in range(0, M, BLOCK_M):
         rows = m0 + tl.arange(0, BLOCK_M)
-        dsim = _grad_sim(q_ptr, k_ptr, lse_ptr, rows, cols, M, Nk, H, offset, inv_tau, scale, IEEE,
-                         BLOCK_M, BLOCK_N, BLOCK_H)
+        dsim = _grad_sim(
+            q_ptr, k_ptr, lse_ptr, rows, cols, M, Nk, H, offset, inv_tau, scale, IEEE, BLOCK_M, BLOCK_N, BLOCK_H
+        )
         for h0 in range(0, H, BLOCK_H):
             hs = h0 + tl.arange(0, BLOCK_H)
-            q = tl.load(q_ptr + rows[:, None].to(tl.int64) * H + hs[None, :],
-                        mask=(rows[:, None] < M) & (hs[None, :] < H), other=0.0)
+            q = tl.load(
+                q_ptr + rows[:, None].to(tl.int64) * H + hs[None, :],
+                mask=(rows[:, None] < M) & (hs[None, :] < H),
+                other=0.0,
+            )
             out = dk_ptr + cols[:, None].to(tl.int64) * H + hs[None, :]
             inside = (cols[:, None] < Nk) & (hs[None, :] < H)
             acc = tl.load(out, mask=inside, other=0.0) + _dot(tl.trans(dsim), q.to(tl.float32), IEEE)

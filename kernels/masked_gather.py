@@ -12,6 +12,7 @@ x may be any strided (B, N, D) view, but only a last dim of stride 1 reads fast:
 stride_xd to 1 and each thread loads its channels with vector loads; a transposed view (stride_xd = N)
 takes one scalar load per element. The patch embedding hands over contiguous tokens for this reason.
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,8 +33,19 @@ def masked_gather_reference(x: torch.Tensor, ids_keep: torch.Tensor, pos: torch.
 
 
 @triton.jit
-def _gather_fwd(x_ptr, ids_ptr, pos_ptr, out_ptr, K, D, stride_xb, stride_xn, stride_xd,
-                HAS_POS: tl.constexpr, BLOCK_D: tl.constexpr):
+def _gather_fwd(
+    x_ptr,
+    ids_ptr,
+    pos_ptr,
+    out_ptr,
+    K,
+    D,
+    stride_xb,
+    stride_xn,
+    stride_xd,
+    HAS_POS: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     row = tl.program_id(0)  # b * K + k
     b = row // K
     token = tl.load(ids_ptr + row).to(tl.int64)
@@ -48,8 +60,9 @@ def _gather_fwd(x_ptr, ids_ptr, pos_ptr, out_ptr, K, D, stride_xb, stride_xn, st
 
 
 @triton.jit
-def _gather_bwd(grad_out_ptr, rank_ptr, grad_x_ptr, grad_pos_ptr, B, N, K, D,
-                HAS_POS_GRAD: tl.constexpr, BLOCK_D: tl.constexpr):
+def _gather_bwd(
+    grad_out_ptr, rank_ptr, grad_x_ptr, grad_pos_ptr, B, N, K, D, HAS_POS_GRAD: tl.constexpr, BLOCK_D: tl.constexpr
+):
     token = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     inside = cols < D
@@ -59,8 +72,9 @@ def _gather_bwd(grad_out_ptr, rank_ptr, grad_x_ptr, grad_pos_ptr, B, N, K, D,
         kept = rank >= 0
         src = grad_out_ptr + (b * K + tl.where(kept, rank, 0)).to(tl.int64) * D
         grad = tl.load(src + cols, mask=inside & kept, other=0.0).to(tl.float32)
-        tl.store(grad_x_ptr + (b * N + token).to(tl.int64) * D + cols, grad.to(grad_x_ptr.dtype.element_ty),
-                 mask=inside)
+        tl.store(
+            grad_x_ptr + (b * N + token).to(tl.int64) * D + cols, grad.to(grad_x_ptr.dtype.element_ty), mask=inside
+        )
         if HAS_POS_GRAD:
             pos_acc += grad
     if HAS_POS_GRAD:
@@ -82,8 +96,17 @@ class MaskedGather(torch.autograd.Function):
         ids_keep = ids_keep.contiguous()
         out = new_output((batch, ids_keep.shape[1], dim), x.dtype, x.device)
         pos_arg = pos.contiguous() if pos is not None else x  # never read without HAS_POS
-        _gather_fwd[(out.shape[0] * out.shape[1],)](x, ids_keep, pos_arg, out, ids_keep.shape[1], dim, *x.stride(),
-                                                     HAS_POS=pos is not None, BLOCK_D=block_size(dim))
+        _gather_fwd[(out.shape[0] * out.shape[1],)](
+            x,
+            ids_keep,
+            pos_arg,
+            out,
+            ids_keep.shape[1],
+            dim,
+            *x.stride(),
+            HAS_POS=pos is not None,
+            BLOCK_D=block_size(dim),
+        )
         ctx.save_for_backward(ids_keep)
         ctx.tokens, ctx.x_dtype = tokens, x.dtype
         ctx.pos_dtype = pos.dtype if pos is not None else None
@@ -99,8 +122,18 @@ class MaskedGather(torch.autograd.Function):
         grad_pos = new_output((ctx.tokens, dim), ctx.pos_dtype, grad_out.device) if want_pos else None
         block = block_size(dim)
         grid = (ctx.tokens, triton.cdiv(dim, block))
-        _gather_bwd[grid](grad_out, kept_rank(ids_keep, ctx.tokens), grad_x, grad_pos if want_pos else grad_x,
-                          batch, ctx.tokens, keep, dim, HAS_POS_GRAD=want_pos, BLOCK_D=block)
+        _gather_bwd[grid](
+            grad_out,
+            kept_rank(ids_keep, ctx.tokens),
+            grad_x,
+            grad_pos if want_pos else grad_x,
+            batch,
+            ctx.tokens,
+            keep,
+            dim,
+            HAS_POS_GRAD=want_pos,
+            BLOCK_D=block,
+        )
         return grad_x, None, grad_pos
 
 

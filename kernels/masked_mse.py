@@ -11,6 +11,7 @@ fused, unmasked tokens not loaded) and once backward, recomputing the normalised
 of storing it. The target gets no gradient there (it is data or the frozen teacher's output); a
 target that requires grad runs the reference.
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,8 +31,9 @@ def norm_pix_stats(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return target.mean(dim=-1, keepdim=True), (target.var(dim=-1, keepdim=True) + NORM_PIX_EPS).sqrt()
 
 
-def masked_mse_reference(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-                         norm_pix: bool = False) -> torch.Tensor:
+def masked_mse_reference(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_pix: bool = False
+) -> torch.Tensor:
     # pred, target: (B, N, D), mask: (B, N)  ->  ()
     target = target.float()
     if norm_pix:
@@ -43,8 +45,21 @@ def masked_mse_reference(pred: torch.Tensor, target: torch.Tensor, mask: torch.T
 
 
 @triton.jit
-def _token_residual(pred_ptr, target_ptr, row, N, D, stride_pb, stride_pn, stride_tb, stride_tn, weight,
-                    NORM_PIX: tl.constexpr, EPS: tl.constexpr, BLOCK_D: tl.constexpr):
+def _token_residual(
+    pred_ptr,
+    target_ptr,
+    row,
+    N,
+    D,
+    stride_pb,
+    stride_pn,
+    stride_tb,
+    stride_tn,
+    weight,
+    NORM_PIX: tl.constexpr,
+    EPS: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """pred - (normalised) target for token `row` (b * N + n); zeros past D, and everywhere when weight is 0
     (the token is not loaded)."""
     b, n = row // N, row % N
@@ -52,8 +67,9 @@ def _token_residual(pred_ptr, target_ptr, row, N, D, stride_pb, stride_pn, strid
     # compared as a block: Triton's interpreter cannot AND a block with a scalar comparison
     inside = (cols < D) & (tl.full([BLOCK_D], 0.0, tl.float32) != weight)
     pred = tl.load(pred_ptr + b.to(tl.int64) * stride_pb + n * stride_pn + cols, mask=inside, other=0.0).to(tl.float32)
-    target = tl.load(target_ptr + b.to(tl.int64) * stride_tb + n * stride_tn + cols, mask=inside,
-                     other=0.0).to(tl.float32)
+    target = tl.load(target_ptr + b.to(tl.int64) * stride_tb + n * stride_tn + cols, mask=inside, other=0.0).to(
+        tl.float32
+    )
     if NORM_PIX:
         mean = tl.sum(target, axis=0) / D
         centred = tl.where(inside, target - mean, 0.0)
@@ -63,22 +79,51 @@ def _token_residual(pred_ptr, target_ptr, row, N, D, stride_pb, stride_pn, strid
 
 
 @triton.jit
-def _mse_fwd(pred_ptr, target_ptr, mask_ptr, err_ptr, N, D, stride_pb, stride_pn, stride_tb, stride_tn,
-             NORM_PIX: tl.constexpr, EPS: tl.constexpr, BLOCK_D: tl.constexpr):
+def _mse_fwd(
+    pred_ptr,
+    target_ptr,
+    mask_ptr,
+    err_ptr,
+    N,
+    D,
+    stride_pb,
+    stride_pn,
+    stride_tb,
+    stride_tn,
+    NORM_PIX: tl.constexpr,
+    EPS: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     row = tl.program_id(0)
     weight = tl.load(mask_ptr + row).to(tl.float32)
-    residual, cols = _token_residual(pred_ptr, target_ptr, row, N, D, stride_pb, stride_pn, stride_tb, stride_tn,
-                                     weight, NORM_PIX, EPS, BLOCK_D)
+    residual, cols = _token_residual(
+        pred_ptr, target_ptr, row, N, D, stride_pb, stride_pn, stride_tb, stride_tn, weight, NORM_PIX, EPS, BLOCK_D
+    )
     tl.store(err_ptr + row, weight * tl.sum(residual * residual, axis=0) / D)
 
 
 @triton.jit
-def _mse_bwd(pred_ptr, target_ptr, mask_ptr, scale_ptr, grad_ptr, N, D, stride_pb, stride_pn, stride_tb, stride_tn,
-             NORM_PIX: tl.constexpr, EPS: tl.constexpr, BLOCK_D: tl.constexpr):
+def _mse_bwd(
+    pred_ptr,
+    target_ptr,
+    mask_ptr,
+    scale_ptr,
+    grad_ptr,
+    N,
+    D,
+    stride_pb,
+    stride_pn,
+    stride_tb,
+    stride_tn,
+    NORM_PIX: tl.constexpr,
+    EPS: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     row = tl.program_id(0)
     weight = tl.load(mask_ptr + row).to(tl.float32)
-    residual, cols = _token_residual(pred_ptr, target_ptr, row, N, D, stride_pb, stride_pn, stride_tb, stride_tn,
-                                     weight, NORM_PIX, EPS, BLOCK_D)
+    residual, cols = _token_residual(
+        pred_ptr, target_ptr, row, N, D, stride_pb, stride_pn, stride_tb, stride_tn, weight, NORM_PIX, EPS, BLOCK_D
+    )
     scale = tl.load(scale_ptr)  # d loss / d sum(err * mask) = grad_output / sum(mask)
     grad = residual * (2.0 * weight * scale / D)
     tl.store(grad_ptr + row.to(tl.int64) * D + cols, grad.to(grad_ptr.dtype.element_ty), mask=cols < D)
@@ -96,8 +141,18 @@ class MaskedMSE(torch.autograd.Function):
         mask = mask.contiguous().float()
         err = new_output((batch * tokens,), torch.float32, pred.device)
         strides = (pred.stride(0), pred.stride(1), target.stride(0), target.stride(1))
-        _mse_fwd[(batch * tokens,)](pred, target, mask, err, tokens, dim, *strides,
-                                    NORM_PIX=norm_pix, EPS=NORM_PIX_EPS, BLOCK_D=block_size(dim, MAX_TRITON_DIM))
+        _mse_fwd[(batch * tokens,)](
+            pred,
+            target,
+            mask,
+            err,
+            tokens,
+            dim,
+            *strides,
+            NORM_PIX=norm_pix,
+            EPS=NORM_PIX_EPS,
+            BLOCK_D=block_size(dim, MAX_TRITON_DIM),
+        )
         mask_sum = mask.sum()
         ctx.save_for_backward(pred, target, mask, mask_sum)
         ctx.norm_pix = norm_pix
@@ -110,8 +165,19 @@ class MaskedMSE(torch.autograd.Function):
         grad = new_output((batch, tokens, dim), pred.dtype, pred.device)
         scale = (grad_loss.float() / mask_sum).reshape(1)
         strides = (pred.stride(0), pred.stride(1), target.stride(0), target.stride(1))
-        _mse_bwd[(batch * tokens,)](pred, target, mask, scale, grad, tokens, dim, *strides,
-                                    NORM_PIX=ctx.norm_pix, EPS=NORM_PIX_EPS, BLOCK_D=block_size(dim, MAX_TRITON_DIM))
+        _mse_bwd[(batch * tokens,)](
+            pred,
+            target,
+            mask,
+            scale,
+            grad,
+            tokens,
+            dim,
+            *strides,
+            NORM_PIX=ctx.norm_pix,
+            EPS=NORM_PIX_EPS,
+            BLOCK_D=block_size(dim, MAX_TRITON_DIM),
+        )
         return grad, None, None, None
 
 

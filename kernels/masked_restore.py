@@ -8,6 +8,7 @@ visible positions, mask_token's is the sum over all masked positions, pos's the 
 batch. The Triton backward runs one program per (token, channel block) looping over the batch:
 each visible gradient row is written once, the two sums are reduced without atomics.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,8 +19,9 @@ from ._checks import expect_index, expect_shape
 from ._dispatch import block_size, new_output, use_triton
 
 
-def masked_restore_reference(x_vis: torch.Tensor, ids_restore: torch.Tensor, mask_token: torch.Tensor,
-                             pos: torch.Tensor | None = None) -> torch.Tensor:
+def masked_restore_reference(
+    x_vis: torch.Tensor, ids_restore: torch.Tensor, mask_token: torch.Tensor, pos: torch.Tensor | None = None
+) -> torch.Tensor:
     # x_vis: (B, K, D), ids_restore: (B, N), mask_token: (D,), pos: (N, D)  ->  (B, N, D)
     batch, visible, dim = x_vis.shape
     tokens = ids_restore.shape[1]
@@ -32,8 +34,20 @@ def masked_restore_reference(x_vis: torch.Tensor, ids_restore: torch.Tensor, mas
 
 
 @triton.jit
-def _restore_fwd(x_ptr, ids_ptr, mask_token_ptr, pos_ptr, out_ptr, N, K, D, stride_xb, stride_xk,
-                 HAS_POS: tl.constexpr, BLOCK_D: tl.constexpr):
+def _restore_fwd(
+    x_ptr,
+    ids_ptr,
+    mask_token_ptr,
+    pos_ptr,
+    out_ptr,
+    N,
+    K,
+    D,
+    stride_xb,
+    stride_xk,
+    HAS_POS: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     row = tl.program_id(0)  # b * N + n
     b, token = row // N, row % N
     rank = tl.load(ids_ptr + row)
@@ -51,8 +65,19 @@ def _restore_fwd(x_ptr, ids_ptr, mask_token_ptr, pos_ptr, out_ptr, N, K, D, stri
 
 
 @triton.jit
-def _restore_bwd(grad_out_ptr, ids_ptr, grad_x_ptr, mask_partial_ptr, grad_pos_ptr, B, N, K, D,
-                 HAS_POS_GRAD: tl.constexpr, BLOCK_D: tl.constexpr):
+def _restore_bwd(
+    grad_out_ptr,
+    ids_ptr,
+    grad_x_ptr,
+    mask_partial_ptr,
+    grad_pos_ptr,
+    B,
+    N,
+    K,
+    D,
+    HAS_POS_GRAD: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     token = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     inside = cols < D
@@ -82,9 +107,20 @@ class MaskedRestore(torch.autograd.Function):
         ids_restore = ids_restore.contiguous()
         out = new_output((batch, tokens, dim), x_vis.dtype, x_vis.device)
         pos_arg = pos.contiguous() if pos is not None else out  # never read without HAS_POS
-        _restore_fwd[(batch * tokens,)](x_vis, ids_restore, mask_token.contiguous(), pos_arg, out, tokens, visible, dim,
-                                        x_vis.stride(0), x_vis.stride(1), HAS_POS=pos is not None,
-                                        BLOCK_D=block_size(dim))
+        _restore_fwd[(batch * tokens,)](
+            x_vis,
+            ids_restore,
+            mask_token.contiguous(),
+            pos_arg,
+            out,
+            tokens,
+            visible,
+            dim,
+            x_vis.stride(0),
+            x_vis.stride(1),
+            HAS_POS=pos is not None,
+            BLOCK_D=block_size(dim),
+        )
         ctx.save_for_backward(ids_restore)
         ctx.visible, ctx.x_dtype, ctx.mask_dtype = visible, x_vis.dtype, mask_token.dtype
         ctx.pos_dtype = pos.dtype if pos is not None else None
@@ -101,13 +137,24 @@ class MaskedRestore(torch.autograd.Function):
         grad_pos = new_output((tokens, dim), ctx.pos_dtype, grad_out.device) if want_pos else None
         block = block_size(dim)
         _restore_bwd[(tokens, triton.cdiv(dim, block))](
-            grad_out, ids_restore, grad_x, mask_partial, grad_pos if want_pos else mask_partial,
-            batch, tokens, ctx.visible, dim, HAS_POS_GRAD=want_pos, BLOCK_D=block)
+            grad_out,
+            ids_restore,
+            grad_x,
+            mask_partial,
+            grad_pos if want_pos else mask_partial,
+            batch,
+            tokens,
+            ctx.visible,
+            dim,
+            HAS_POS_GRAD=want_pos,
+            BLOCK_D=block,
+        )
         return grad_x, None, mask_partial.sum(0).to(ctx.mask_dtype), grad_pos
 
 
-def masked_restore(x_vis: torch.Tensor, ids_restore: torch.Tensor, mask_token: torch.Tensor,
-                   pos: torch.Tensor | None = None) -> torch.Tensor:
+def masked_restore(
+    x_vis: torch.Tensor, ids_restore: torch.Tensor, mask_token: torch.Tensor, pos: torch.Tensor | None = None
+) -> torch.Tensor:
     """x_vis (B, K, D), ids_restore (B, N) a permutation of [0, N) per row, mask_token (D,), pos (N, D) or None
     -> (B, N, D)."""
     batch, visible, dim = x_vis.shape

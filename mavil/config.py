@@ -1,4 +1,4 @@
-"""Run configuration: one JSON file with `model`, `data`, `train`, `deepspeed` and, for fine-tuning, `finetune` sections.
+"""Run configuration: one JSON file with `model`, `data`, `train`, `deepspeed` and, for fine-tuning, `finetune`.
 
 `model`, `data`, `train` and `finetune` have typed schemas (the dataclasses below, whose defaults are the
 paper's stage-1 settings); `deepspeed` is handed to `deepspeed.initialize` as DeepSpeed documents
@@ -11,6 +11,7 @@ JSON where it parses, else taken as a string).
 
 This module is a leaf: it imports nothing else from `mavil`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -108,22 +109,40 @@ class ModelConfig:
     def validate(self, check: Checker) -> None:
         check.choice("stage", self.stage, (1, 2))
         if self.stage == 2:
-            check.that("teacher", self.teacher, self.teacher is not None, "stage 2 needs the path of a stage-1 weights file")
+            check.that(
+                "teacher", self.teacher, self.teacher is not None, "stage 2 needs the path of a stage-1 weights file"
+            )
             check.that("teacher", self.teacher, Path(self.teacher).is_file(), "no such file")
-        for key in ("audio_frames", "audio_mel_bins", "video_frames", "video_size",
-                    "encoder_dim", "encoder_depth", "encoder_heads", "decoder_dim", "decoder_depth", "decoder_heads"):
+        for key in (
+            "audio_frames",
+            "audio_mel_bins",
+            "video_frames",
+            "video_size",
+            "encoder_dim",
+            "encoder_depth",
+            "encoder_heads",
+            "decoder_dim",
+            "decoder_depth",
+            "decoder_heads",
+        ):
             check.positive(key, getattr(self, key))
         check.that("fusion_depth", self.fusion_depth, self.fusion_depth >= 0, "must be >= 0")
         check.length("audio_patch", self.audio_patch, 2)
         check.length("video_patch", self.video_patch, 3)
         for key in ("audio_patch", "video_patch"):
             check.that(key, getattr(self, key), all(p > 0 for p in getattr(self, key)), "patch sizes must be positive")
-        inputs = {"audio_patch": (self.audio_frames, self.audio_mel_bins),
-                  "video_patch": (self.video_frames, self.video_size, self.video_size)}
+        inputs = {
+            "audio_patch": (self.audio_frames, self.audio_mel_bins),
+            "video_patch": (self.video_frames, self.video_size, self.video_size),
+        }
         for key, size in inputs.items():
             patch = getattr(self, key)
-            check.that(key, patch, all(s % p == 0 for s, p in zip(size, patch)),
-                       f"patch does not divide the input size {list(size)}")
+            check.that(
+                key,
+                patch,
+                all(s % p == 0 for s, p in zip(size, patch)),
+                f"patch does not divide the input size {list(size)}",
+            )
         for prefix in ("encoder", "decoder"):
             dim, heads = getattr(self, f"{prefix}_dim"), getattr(self, f"{prefix}_heads")
             check.that(f"{prefix}_heads", heads, dim % heads == 0, f"must divide {prefix}_dim={dim}")
@@ -132,8 +151,12 @@ class ModelConfig:
         check.choice("video_pos", self.video_pos, ("3d", "2d+t"))
         check.choice("audio_pos", self.audio_pos, ("2d", "mae"))
         for key in ("video_pos", "audio_pos"):  # MAE's 2-D table splits the channels in halves of sin and cos
-            check.that(key, getattr(self, key), getattr(self, key) in ("3d", "2d") or self.encoder_dim % 4 == 0,
-                       f"needs encoder_dim divisible by 4, got {self.encoder_dim}")
+            check.that(
+                key,
+                getattr(self, key),
+                getattr(self, key) in ("3d", "2d") or self.encoder_dim % 4 == 0,
+                f"needs encoder_dim divisible by 4, got {self.encoder_dim}",
+            )
         if self.fusion == "mbt":
             check.positive("bottleneck_tokens", self.bottleneck_tokens)
         check.choice("attention", self.attention, ATTENTION_BACKENDS)
@@ -146,19 +169,32 @@ class ModelConfig:
         for key in ("tau_inter", "tau_intra"):
             check.positive(key, getattr(self, key))
         if self.contrastive_group is not None:
-            check.that("contrastive_group", self.contrastive_group, self.contrastive_group >= 2,
-                       "must be >= 2 (a query needs a negative) or null")
-            check.that("contrastive_group", self.contrastive_group, not self.global_negatives,
-                       "excludes model.global_negatives = true (every rank's clips, a number that depends on the "
-                       "GPUs): set model.contrastive_group=null to use those")
+            check.that(
+                "contrastive_group",
+                self.contrastive_group,
+                self.contrastive_group >= 2,
+                "must be >= 2 (a query needs a negative) or null",
+            )
+            check.that(
+                "contrastive_group",
+                self.contrastive_group,
+                not self.global_negatives,
+                "excludes model.global_negatives = true (every rank's clips, a number that depends on the "
+                "GPUs): set model.contrastive_group=null to use those",
+            )
 
     def _validate_visible(self, check: Checker) -> None:
         for name, tokens in (("audio", self.audio_tokens), ("video", self.video_tokens)):
             visible = num_visible(tokens, self.mask_ratio)
             check.that("mask_ratio", self.mask_ratio, visible >= 1, f"leaves no visible {name} token of {tokens}")
             if self.beta > 0:  # the intra-modal second view is drawn from the masked tokens, disjoint from the first
-                check.that("mask_ratio", self.mask_ratio, 2 * visible <= tokens,
-                           f"two disjoint views of {visible} {name} tokens do not fit in {tokens} (needs mask_ratio >= 0.5 while beta > 0)")
+                check.that(
+                    "mask_ratio",
+                    self.mask_ratio,
+                    2 * visible <= tokens,
+                    f"two disjoint views of {visible} {name} tokens do not fit in {tokens} "
+                    f"(needs mask_ratio >= 0.5 while beta > 0)",
+                )
 
 
 @dataclass
@@ -184,8 +220,12 @@ class DataConfig:
     def validate(self, check: Checker) -> None:
         check.positive("audio_std", self.audio_std)
         check.positive("sample_rate", self.sample_rate)
-        check.that("video_fps", self.video_fps, self.video_fps == 2.0,
-                   "must be 2: the shards store video at 2 fps (python -m mavil.data.prepare), the paper's rate")
+        check.that(
+            "video_fps",
+            self.video_fps,
+            self.video_fps == 2.0,
+            "must be 2: the shards store video at 2 fps (python -m mavil.data.prepare), the paper's rate",
+        )
         check.length("crop_scale", self.crop_scale, 2)
         low, high = self.crop_scale
         check.that("crop_scale", self.crop_scale, 0.0 < low <= high <= 1.0, "needs 0 < min <= max <= 1")
@@ -195,8 +235,12 @@ class DataConfig:
         for key in ("synthetic_clips", "synthetic_classes", "synthetic_duration"):
             check.positive(key, getattr(self, key))
         if self.root is not None:
-            check.that("root", self.root, (Path(self.root) / "manifest.json").is_file(),
-                       "no manifest.json there: not a shard directory (make one with python -m mavil.data.prepare)")
+            check.that(
+                "root",
+                self.root,
+                (Path(self.root) / "manifest.json").is_file(),
+                "no manifest.json there: not a shard directory (make one with python -m mavil.data.prepare)",
+            )
 
 
 @dataclass
@@ -218,7 +262,9 @@ class TrainConfig:
     max_steps: Optional[int] = None  # stop after this many optimizer steps (tests, benchmarks)
     max_bad_steps: int = 10  # optimizer steps in a row skipped for a non-finite loss or gradient before the run stops
     record_keys: bool = False  # append each rank's clip keys per epoch to keys-rank<r>.jsonl (audits of the data order)
-    device: str = "cuda"  # "cuda": one GPU per rank, refused where torch sees none; "cpu": train on the CPU (demo, tests)
+    device: str = (
+        "cuda"  # "cuda": one GPU per rank, refused where torch sees none; "cpu": train on the CPU (demo, tests)
+    )
     compile: bool = False  # wrap the model in torch.compile (off until measured on a GPU)
     restart: bool = False  # start afresh in a run directory that holds a run: its checkpoints and logs are replaced
 
@@ -229,14 +275,26 @@ class TrainConfig:
     def validate(self, check: Checker) -> None:
         check.positive("global_batch", self.global_batch)
         check.positive("micro_batch", self.micro_batch)
-        check.that("micro_batch", self.micro_batch, self.global_batch % self.micro_batch == 0,
-                   f"must divide global_batch={self.global_batch}")
+        check.that(
+            "micro_batch",
+            self.micro_batch,
+            self.global_batch % self.micro_batch == 0,
+            f"must divide global_batch={self.global_batch}",
+        )
         check.positive("epochs", self.epochs)
-        check.that("warmup_epochs", self.warmup_epochs, 0 <= self.warmup_epochs <= self.epochs,
-                   f"must be in [0, epochs={self.epochs}]")
+        check.that(
+            "warmup_epochs",
+            self.warmup_epochs,
+            0 <= self.warmup_epochs <= self.epochs,
+            f"must be in [0, epochs={self.epochs}]",
+        )
         check.positive("lr_base", self.lr_base)
-        check.that("min_lr", self.min_lr, 0 <= self.min_lr <= self.lr,
-                   f"must be in [0, lr_base * global_batch / 256 = {self.lr:g}]")
+        check.that(
+            "min_lr",
+            self.min_lr,
+            0 <= self.min_lr <= self.lr,
+            f"must be in [0, lr_base * global_batch / 256 = {self.lr:g}]",
+        )
         check.that("weight_decay", self.weight_decay, self.weight_decay >= 0, "must be >= 0")
         check.length("betas", self.betas, 2)
         check.that("betas", self.betas, all(0.0 <= b < 1.0 for b in self.betas), "each must be in [0, 1)")
@@ -286,28 +344,39 @@ class FinetuneConfig:
             check.that("init", self.init, Path(self.init).is_file(), "no such file")
         check.choice("loss", self.loss, ("bce", "ce"))
         check.that("mixup", self.mixup, self.mixup >= 0, "must be >= 0")
-        check.that("loss", self.loss, self.loss == "bce" or self.mixup == 0,
-                   "mixed labels need BCE: use loss bce or finetune.mixup=0")
+        check.that(
+            "loss",
+            self.loss,
+            self.loss == "bce" or self.mixup == 0,
+            "mixed labels need BCE: use loss bce or finetune.mixup=0",
+        )
         for key in ("specaug_time", "specaug_freq"):
             check.that(key, getattr(self, key), getattr(self, key) >= 0, "must be >= 0")
         for key in ("mask_time", "mask_freq", "mask_video"):
             check.that(key, getattr(self, key), 0.0 <= getattr(self, key) < 1.0, "must be in [0, 1)")
         check.that("magnitude_db", self.magnitude_db, self.magnitude_db >= 0, "must be >= 0")
         check.that("balance_fraction", self.balance_fraction, self.balance_fraction >= 0, "must be >= 0")
-        check.that("balance_fraction", self.balance_fraction, self.balance_fraction == 0 or not self.weighted_sampling,
-                   "class repetition and weighted sampling exclude each other: set one of them")
+        check.that(
+            "balance_fraction",
+            self.balance_fraction,
+            self.balance_fraction == 0 or not self.weighted_sampling,
+            "class repetition and weighted sampling exclude each other: set one of them",
+        )
         for key in ("sampling_size", "eval_clips", "eval_synthetic_clips"):
             check.positive(key, getattr(self, key))
         check.that("fusion_depth", self.fusion_depth, self.fusion_depth >= 0, "must be >= 0")
         check.positive("video_lr_scale", self.video_lr_scale)
         check.positive("tau", self.tau)
         if self.eval_root is not None:
-            check.that("eval_root", self.eval_root, (Path(self.eval_root) / "manifest.json").is_file(),
-                       "no manifest.json there: not a shard directory")
+            check.that(
+                "eval_root",
+                self.eval_root,
+                (Path(self.eval_root) / "manifest.json").is_file(),
+                "no manifest.json there: not a shard directory",
+            )
 
 
-SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig,
-                             "finetune": FinetuneConfig}
+SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "finetune": FinetuneConfig}
 
 
 @dataclass
@@ -373,7 +442,8 @@ def _coerce(value: Any, hint: Any, check: Checker, key: str) -> Any:
 
 
 RETIRED_KEYS = {  # keys that did nothing, accepted as null only (configs and run directories that still hold them)
-    "train.grad_clip": "no longer a key: the paper clips no gradients; deepspeed.gradient_clipping clips if you must"}
+    "train.grad_clip": "no longer a key: the paper clips no gradients; deepspeed.gradient_clipping clips if you must"
+}
 
 
 def _section_from_dict(cls: type, raw: Any, source: str, section: str):
@@ -406,7 +476,9 @@ def config_from_dict(raw: Any, source: str = "<dict>") -> Config:
         raise ConfigError(f"{source}: the config must be a JSON object with sections {[*SECTIONS, 'deepspeed']}")
     for name in raw:
         if name not in (*SECTIONS, "deepspeed"):
-            raise ConfigError(f"{source}: unknown section '{name}' (known sections: {', '.join([*SECTIONS, 'deepspeed'])})")
+            raise ConfigError(
+                f"{source}: unknown section '{name}' (known sections: {', '.join([*SECTIONS, 'deepspeed'])})"
+            )
     sections = {name: _section_from_dict(cls, raw.get(name, {}), source, name) for name, cls in SECTIONS.items()}
     deepspeed = raw.get("deepspeed", {})
     if not isinstance(deepspeed, dict):
@@ -416,16 +488,59 @@ def config_from_dict(raw: Any, source: str = "<dict>") -> Config:
 
 
 DEEPSPEED_KEYS = (  # the top-level keys of DeepSpeed's config that a run may set here
-    *DEEPSPEED_BATCH_KEYS, "fp16", "bf16", "amp", "gradient_clipping", "prescale_gradients",
-    "gradient_predivide_factor", "sparse_gradients", "zero_optimization", "zero_allow_untested_optimizer",
-    "zero_force_ds_cpu_optimizer", "steps_per_print", "wall_clock_breakdown", "dump_state", "memory_breakdown",
-    "flops_profiler", "activation_checkpointing", "comms_logger", "tensorboard", "wandb", "csv_monitor", "comet",
-    "communication_data_type", "checkpoint", "data_types", "aio", "timers", "torch_autocast", "compile")
-DEEPSPEED_OBJECTS = ("fp16", "bf16", "amp", "zero_optimization", "flops_profiler", "activation_checkpointing",
-                     "comms_logger", "tensorboard", "wandb", "csv_monitor", "comet", "checkpoint", "data_types",
-                     "aio", "timers", "torch_autocast", "compile")
-DEEPSPEED_OWNED = {"optimizer": "train.lr_base, train.betas and train.weight_decay (AdamW)",
-                   "scheduler": "train.lr_base, train.min_lr, train.warmup_epochs and train.epochs (warm-up, cosine)"}
+    *DEEPSPEED_BATCH_KEYS,
+    "fp16",
+    "bf16",
+    "amp",
+    "gradient_clipping",
+    "prescale_gradients",
+    "gradient_predivide_factor",
+    "sparse_gradients",
+    "zero_optimization",
+    "zero_allow_untested_optimizer",
+    "zero_force_ds_cpu_optimizer",
+    "steps_per_print",
+    "wall_clock_breakdown",
+    "dump_state",
+    "memory_breakdown",
+    "flops_profiler",
+    "activation_checkpointing",
+    "comms_logger",
+    "tensorboard",
+    "wandb",
+    "csv_monitor",
+    "comet",
+    "communication_data_type",
+    "checkpoint",
+    "data_types",
+    "aio",
+    "timers",
+    "torch_autocast",
+    "compile",
+)
+DEEPSPEED_OBJECTS = (
+    "fp16",
+    "bf16",
+    "amp",
+    "zero_optimization",
+    "flops_profiler",
+    "activation_checkpointing",
+    "comms_logger",
+    "tensorboard",
+    "wandb",
+    "csv_monitor",
+    "comet",
+    "checkpoint",
+    "data_types",
+    "aio",
+    "timers",
+    "torch_autocast",
+    "compile",
+)
+DEEPSPEED_OWNED = {
+    "optimizer": "train.lr_base, train.betas and train.weight_decay (AdamW)",
+    "scheduler": "train.lr_base, train.min_lr, train.warmup_epochs and train.epochs (warm-up, cosine)",
+}
 
 
 def check_deepspeed_keys(deepspeed: dict, source: str, device: str) -> None:
@@ -433,16 +548,22 @@ def check_deepspeed_keys(deepspeed: dict, source: str, device: str) -> None:
     sections that are objects objects, and no fp16 on a CPU (DeepSpeed's CPU accelerator has no fp16 optimizer)."""
     for key, value in deepspeed.items():
         if key in DEEPSPEED_OWNED:
-            raise ConfigError(f"{source}: deepspeed.{key}: the engine sets the optimizer and its schedule itself "
-                              f"(AdamW, warm-up then half-cycle cosine); set {DEEPSPEED_OWNED[key]} instead")
+            raise ConfigError(
+                f"{source}: deepspeed.{key}: the engine sets the optimizer and its schedule itself "
+                f"(AdamW, warm-up then half-cycle cosine); set {DEEPSPEED_OWNED[key]} instead"
+            )
         if key not in DEEPSPEED_KEYS:
             raise ConfigError(f"{source}: unknown key 'deepspeed.{key}' (known keys: {', '.join(DEEPSPEED_KEYS)})")
         if key in DEEPSPEED_OBJECTS and not isinstance(value, dict):
-            raise ConfigError(f"{source}: deepspeed.{key} = {json.dumps(value)}: must be a JSON object (for "
-                              f"example {{\"{'stage' if key == 'zero_optimization' else 'enabled'}\": ...}})")
+            raise ConfigError(
+                f"{source}: deepspeed.{key} = {json.dumps(value)}: must be a JSON object (for "
+                f'example {{"{"stage" if key == "zero_optimization" else "enabled"}": ...}})'
+            )
     if device == "cpu" and deepspeed.get("fp16", {}).get("enabled", False):
-        raise ConfigError(f"{source}: deepspeed.fp16.enabled = true: fp16 does not train on the CPU "
-                          f"(train.device = \"cpu\"); use deepspeed.bf16.enabled or fp32")
+        raise ConfigError(
+            f"{source}: deepspeed.fp16.enabled = true: fp16 does not train on the CPU "
+            f'(train.device = "cpu"); use deepspeed.bf16.enabled or fp32'
+        )
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -507,13 +628,17 @@ def deepspeed_config(config: Config, world_size: int) -> dict:
     train = config.train
     per_step = train.micro_batch * world_size
     if train.global_batch % per_step:
-        raise ConfigError(f"{config.source}: train.global_batch = {train.global_batch} is not a multiple of "
-                          f"train.micro_batch * world size = {train.micro_batch} * {world_size}")
+        raise ConfigError(
+            f"{config.source}: train.global_batch = {train.global_batch} is not a multiple of "
+            f"train.micro_batch * world size = {train.micro_batch} * {world_size}"
+        )
     derived = dict(zip(DEEPSPEED_BATCH_KEYS, (train.global_batch, train.micro_batch, train.global_batch // per_step)))
     result = json.loads(json.dumps(config.deepspeed))
     for key, value in derived.items():
         if key in result and result[key] != value:
-            raise ConfigError(f"{config.source}: deepspeed.{key} = {json.dumps(result[key])} disagrees with "
-                              f"{value} derived from train.global_batch, train.micro_batch and world size {world_size}")
+            raise ConfigError(
+                f"{config.source}: deepspeed.{key} = {json.dumps(result[key])} disagrees with "
+                f"{value} derived from train.global_batch, train.micro_batch and world size {world_size}"
+            )
         result[key] = value
     return result

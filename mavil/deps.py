@@ -13,6 +13,7 @@ name; no version is written here.
 
 A leaf like `mavil.config`: it imports nothing of ours, so every part (kernels, model, data, engine) may use it.
 """
+
 from __future__ import annotations
 
 import functools
@@ -83,5 +84,7 @@ def require(module: str) -> types.ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as err:
-        raise MissingDependency(f"{requirement(module).split('==')[0]} is needed: import {module} failed ({err}); "
-                                f"install it with: {install_command(module)}") from err
+        raise MissingDependency(
+            f"{requirement(module).split('==')[0]} is needed: import {module} failed ({err}); "
+            f"install it with: {install_command(module)}"
+        ) from err

@@ -15,6 +15,7 @@ crop, no augmentation); a video file is first decoded and encoded as `prepare` s
 16-kHz FLAC), then read back like a shard's clip. Spectrograms are normalised with --audio-mean/--audio-std
 (default AudioSet's).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,7 +67,7 @@ def load_backbone(path: Path):
 
 def _pool_pair(x: torch.Tensor, audio_length: int) -> torch.Tensor:
     """(B, La + Lv, dim) joint sequence, each part [CLS] first -> (B, 2 * dim) audio mean || video mean."""
-    return torch.cat([x[:, 1:audio_length].mean(dim=1), x[:, audio_length + 1:].mean(dim=1)], dim=-1)
+    return torch.cat([x[:, 1:audio_length].mean(dim=1), x[:, audio_length + 1 :].mean(dim=1)], dim=-1)
 
 
 @torch.no_grad()
@@ -77,8 +78,11 @@ def embeddings(backbone, audio: torch.Tensor, video: torch.Tensor, layers: bool 
     v_states = backbone.video_encoder.hidden_states(v_tokens)
     a_um, v_um = a_states[-1], v_states[-1]
     a_mm, v_mm = backbone.fusion(a_um, v_um)
-    out = {"audio": a_um[:, 1:].mean(dim=1), "video": v_um[:, 1:].mean(dim=1),
-           "fusion": torch.cat([a_mm[:, 1:].mean(dim=1), v_mm[:, 1:].mean(dim=1)], dim=-1)}
+    out = {
+        "audio": a_um[:, 1:].mean(dim=1),
+        "video": v_um[:, 1:].mean(dim=1),
+        "fusion": torch.cat([a_mm[:, 1:].mean(dim=1), v_mm[:, 1:].mean(dim=1)], dim=-1),
+    }
     if layers:
         out["audio_layers"] = torch.stack([s[:, 1:].mean(dim=1) for s in a_states], dim=1)
         out["video_layers"] = torch.stack([s[:, 1:].mean(dim=1) for s in v_states], dim=1)
@@ -91,10 +95,13 @@ def embeddings(backbone, audio: torch.Tensor, video: torch.Tensor, layers: bool 
 def batches_from_files(files: list[Path], spec: LoaderSpec):
     """Yields {"audio", "video", "key"} batches of spec.batch_size files."""
     for start in range(0, len(files), spec.batch_size):
-        chunk = files[start:start + spec.batch_size]
+        chunk = files[start : start + spec.batch_size]
         pairs = [file_features(path, spec) for path in chunk]
-        yield {"audio": torch.stack([a for a, _ in pairs]), "video": torch.stack([v for _, v in pairs]),
-               "key": [str(path) for path in chunk]}
+        yield {
+            "audio": torch.stack([a for a, _ in pairs]),
+            "video": torch.stack([v for _, v in pairs]),
+            "key": [str(path) for path in chunk],
+        }
 
 
 def write(out: Path, tensors: dict[str, torch.Tensor], keys: list[str]) -> Path:
@@ -111,16 +118,33 @@ def write(out: Path, tensors: dict[str, torch.Tensor], keys: list[str]) -> Path:
     return out
 
 
-def extract(weights: Path, out: Path, data: Path | None = None, files: list[Path] | None = None,
-            layers: bool = False, device: str = "cpu", batch_size: int = 8, workers: int = 0,
-            audio_mean: float = LoaderSpec.audio_mean, audio_std: float = LoaderSpec.audio_std,
-            progress: bool = True) -> Path:
+def extract(
+    weights: Path,
+    out: Path,
+    data: Path | None = None,
+    files: list[Path] | None = None,
+    layers: bool = False,
+    device: str = "cpu",
+    batch_size: int = 8,
+    workers: int = 0,
+    audio_mean: float = LoaderSpec.audio_mean,
+    audio_std: float = LoaderSpec.audio_std,
+    progress: bool = True,
+) -> Path:
     from tqdm import tqdm
 
     backbone, cfg = load_backbone(weights)
     backbone.to(device)
-    spec = LoaderSpec(batch_size, cfg.audio_frames, cfg.audio_mel_bins, cfg.video_frames, cfg.video_size, train=False,
-                      audio_mean=audio_mean, audio_std=audio_std)
+    spec = LoaderSpec(
+        batch_size,
+        cfg.audio_frames,
+        cfg.audio_mel_bins,
+        cfg.video_frames,
+        cfg.video_size,
+        train=False,
+        audio_mean=audio_mean,
+        audio_std=audio_std,
+    )
     if files:
         missing = [str(path) for path in files if not path.is_file()]
         if missing:
@@ -147,8 +171,9 @@ def extract(weights: Path, out: Path, data: Path | None = None, files: list[Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mavil.extract", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m mavil.extract", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--weights", type=Path, required=True, help="a pre-training export (model.safetensors)")
     parser.add_argument("--data", type=Path, help="a shard directory (mavil.data.prepare or the synthetic set)")
     parser.add_argument("files", nargs="*", type=Path, help="video files with sound (any container PyAV reads)")
@@ -170,8 +195,18 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --device cuda, but no CUDA device is available", file=sys.stderr)
         return 2
     try:
-        out = extract(args.weights, args.out, args.data, args.files, args.layers, args.device, args.batch,
-                      args.workers, args.audio_mean, args.audio_std)
+        out = extract(
+            args.weights,
+            args.out,
+            args.data,
+            args.files,
+            args.layers,
+            args.device,
+            args.batch,
+            args.workers,
+            args.audio_mean,
+            args.audio_std,
+        )
     except (BadInput, ConfigError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ one name a line), else from the manifest of the run's training or evaluation sha
 run used it), else "class <i>". Bad inputs (a missing or undecodable file, a run directory without a fine-tuned
 classifier) give one line and exit status 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,10 @@ def check_run(run_dir: Path) -> None:
         raise BadInput(f"{run_dir}: no fine-tuned model (model.safetensors is missing: did the run finish?)")
     shapes, _ = read_header(run_dir / "model.safetensors")
     if "head.weight" not in shapes:
-        raise BadInput(f"{run_dir}/model.safetensors: not a fine-tuned classifier (no head; a retrieval or "
-                       "pre-training model has no classes)")
+        raise BadInput(
+            f"{run_dir}/model.safetensors: not a fine-tuned classifier (no head; a retrieval or "
+            "pre-training model has no classes)"
+        )
 
 
 def _synthetic_dir(data: dict, seed: int, clips: int) -> Path:
@@ -58,8 +61,10 @@ def class_names(run_dir: Path, classes: int, labels: Path | None = None) -> list
     data, ft = raw.get("data", {}), raw.get("finetune", {})
     roots = [data.get("root"), ft.get("eval_root")]
     try:
-        roots += [_synthetic_dir(data, data["synthetic_seed"], data["synthetic_clips"]),
-                  _synthetic_dir(data, ft["eval_synthetic_seed"], ft["eval_synthetic_clips"])]
+        roots += [
+            _synthetic_dir(data, data["synthetic_seed"], data["synthetic_clips"]),
+            _synthetic_dir(data, ft["eval_synthetic_seed"], ft["eval_synthetic_clips"]),
+        ]
     except KeyError:
         pass
     for root in roots:
@@ -72,8 +77,9 @@ def class_names(run_dir: Path, classes: int, labels: Path | None = None) -> list
 
 
 @torch.no_grad()
-def predict(run_dir: Path, files: list[Path], top_k: int = 5, device: str = "cpu",
-            labels: Path | None = None) -> list[dict]:
+def predict(
+    run_dir: Path, files: list[Path], top_k: int = 5, device: str = "cpu", labels: Path | None = None
+) -> list[dict]:
     """-> per file {"file", "windows", "top": [{"class", "index", "score"}, ...]}, best first."""
     from .engine.evaluate import load_run
 
@@ -97,15 +103,23 @@ def predict(run_dir: Path, files: list[Path], top_k: int = 5, device: str = "cpu
         logits = torch.cat([model(audio, w[None].to(device, dtype)).float() for w in windows])  # (windows, C)
         probs = logits.sigmoid() if cfg.finetune.loss == "bce" else logits.softmax(dim=-1)
         scores, order = probs.mean(dim=0).topk(min(top_k, len(names)))
-        results.append({"file": str(path), "windows": len(windows),
-                        "top": [{"class": names[i], "index": int(i), "score": round(float(s), 6)}
-                                for s, i in zip(scores.tolist(), order.tolist())]})
+        results.append(
+            {
+                "file": str(path),
+                "windows": len(windows),
+                "top": [
+                    {"class": names[i], "index": int(i), "score": round(float(s), 6)}
+                    for s, i in zip(scores.tolist(), order.tolist())
+                ],
+            }
+        )
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mavil.predict", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m mavil.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--run", type=Path, required=True, help="a fine-tuning run directory")
     parser.add_argument("files", nargs="+", type=Path, help="video files with sound")
     parser.add_argument("--top-k", type=int, default=5)

@@ -1,4 +1,5 @@
 """Shared fixtures. Every test runs on the CPU unless marked `gpu`; those skip cleanly without CUDA."""
+
 from __future__ import annotations
 
 import os

@@ -2,8 +2,7 @@ import json
 
 import pytest
 
-from mavil.config import (ConfigError, apply_overrides, config_from_dict, deepspeed_config, load_config,
-                          parse_override)
+from mavil.config import ConfigError, apply_overrides, config_from_dict, deepspeed_config, load_config, parse_override
 
 from .conftest import CONFIGS
 
@@ -45,10 +44,15 @@ def test_every_shipped_config_loads(path, tmp_path):
 
 
 def test_overrides_parse_json_values_and_reach_nested_keys():
-    raw = apply_overrides({"model": {}}, ["model.mask_ratio=0.7", "model.fusion=mbt",
-                                          "deepspeed.zero_optimization.stage=1", "train.betas=[0.9, 0.99]"])
-    assert raw == {"model": {"mask_ratio": 0.7, "fusion": "mbt"}, "deepspeed": {"zero_optimization": {"stage": 1}},
-                   "train": {"betas": [0.9, 0.99]}}
+    raw = apply_overrides(
+        {"model": {}},
+        ["model.mask_ratio=0.7", "model.fusion=mbt", "deepspeed.zero_optimization.stage=1", "train.betas=[0.9, 0.99]"],
+    )
+    assert raw == {
+        "model": {"mask_ratio": 0.7, "fusion": "mbt"},
+        "deepspeed": {"zero_optimization": {"stage": 1}},
+        "train": {"betas": [0.9, 0.99]},
+    }
     cfg = config_from_dict(raw)
     assert (cfg.model.mask_ratio, cfg.model.fusion, cfg.train.betas) == (0.7, "mbt", [0.9, 0.99])
 
@@ -70,8 +74,8 @@ BAD_CONFIGS = [
     ("audio patch does not divide", {"model": {"audio_patch": [16, 15]}}, "model.audio_patch = [16, 15]"),
     ("video tubelet does not divide", {"model": {"video_patch": [3, 16, 16]}}, "model.video_patch = [3, 16, 16]"),
     ("heads do not divide dim", {"model": {"encoder_heads": 7}}, "model.encoder_heads = 7"),
-    ("unknown fusion", {"model": {"fusion": "concat"}}, "model.fusion = \"concat\""),
-    ("unknown attention", {"model": {"attention": "flash"}}, "model.attention = \"flash\""),
+    ("unknown fusion", {"model": {"fusion": "concat"}}, 'model.fusion = "concat"'),
+    ("unknown attention", {"model": {"attention": "flash"}}, 'model.attention = "flash"'),
     ("zero temperature", {"model": {"tau_inter": 0}}, "model.tau_inter = 0"),
     ("negative weight", {"model": {"alpha": -0.1}}, "model.alpha = -0.1"),
     ("stage 3", {"model": {"stage": 3}}, "model.stage = 3"),
@@ -148,8 +152,19 @@ TABLE_10 = {  # lr_base, warm-up, epochs, batch, weighted, noise, SpecAug t/f, m
 def test_finetune_configs_carry_table_10(name):
     cfg = load_config(CONFIGS / "finetune" / f"{name}.json")
     t, ft = cfg.train, cfg.finetune
-    actual = (t.lr_base, t.warmup_epochs, t.epochs, t.global_batch, ft.weighted_sampling, ft.noise,
-              (ft.specaug_time, ft.specaug_freq), ft.mixup, ft.loss, cfg.data.audio_mean, cfg.data.audio_std)
+    actual = (
+        t.lr_base,
+        t.warmup_epochs,
+        t.epochs,
+        t.global_batch,
+        ft.weighted_sampling,
+        ft.noise,
+        (ft.specaug_time, ft.specaug_freq),
+        ft.mixup,
+        ft.loss,
+        cfg.data.audio_mean,
+        cfg.data.audio_std,
+    )
     assert actual == TABLE_10[name]
     assert (t.weight_decay, t.betas, t.min_lr, cfg.model.drop_path) == (1e-5, [0.9, 0.95], 1e-6, 0.1)
     assert ft.sampling_size == 200_000 and (ft.mask_time, ft.mask_freq, ft.mask_video) == (0.2, 0.2, 0.2)

@@ -6,6 +6,7 @@ flash / efficient / cuDNN attention kernels; it does not count the CPU's fused a
 the measurements run the "math" attention backend, whose q k^T and softmax(.) v are bmm's it counts;
 what it then counts is what mavil.model.flops counts, and the two agree to the FLOP.
 """
+
 import dataclasses
 
 import pytest
@@ -62,8 +63,10 @@ def tiny_model(stage: int, fusion: str) -> MAViL:
 
 
 def tiny_inputs(cfg, batch: int):
-    return (torch.randn(batch, 1, cfg.audio_frames, cfg.audio_mel_bins),
-            torch.randn(batch, 3, cfg.video_frames, cfg.video_size, cfg.video_size))
+    return (
+        torch.randn(batch, 1, cfg.audio_frames, cfg.audio_mel_bins),
+        torch.randn(batch, 3, cfg.video_frames, cfg.video_size, cfg.video_size),
+    )
 
 
 @pytest.mark.parametrize("stage,fusion", [(1, "vanilla"), (1, "mbt"), (2, "vanilla")])

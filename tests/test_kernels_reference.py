@@ -1,4 +1,5 @@
 """The PyTorch references of mavil.kernels against explicit, loop-level definitions of each op."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -93,15 +94,30 @@ def test_masked_mse_averages_over_masked_tokens_only(norm_pix):
     torch.testing.assert_close(masked_mse(pred, target, mask, norm_pix), torch.stack(errors).mean())
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: masked_gather(torch.zeros(2, 5, 3), torch.zeros(3, 2, dtype=torch.long)), r"ids_keep: expected shape \(2, \*\)"),
-    (lambda: masked_gather(torch.zeros(2, 5, 3), torch.zeros(2, 2)), "int32 or int64"),
-    (lambda: masked_gather(torch.zeros(2, 5, 3), torch.zeros(2, 2, dtype=torch.long), torch.zeros(4, 3)), r"pos: expected shape \(5, 3\)"),
-    (lambda: masked_restore(torch.zeros(2, 2, 3), torch.zeros(2, 5, dtype=torch.long), torch.zeros(4)), r"mask_token: expected shape \(3\)"),
-    (lambda: info_nce(torch.zeros(4, 3), torch.zeros(3, 3), 0.1), "positives of 4 queries outside 3 keys"),
-    (lambda: info_nce(torch.zeros(4, 3), torch.zeros(4, 3), 0.0), "tau: must be > 0"),
-    (lambda: masked_mse(torch.zeros(2, 4, 3), torch.zeros(2, 4, 3), torch.zeros(2, 5)), r"mask: expected shape \(2, 4\)"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            lambda: masked_gather(torch.zeros(2, 5, 3), torch.zeros(3, 2, dtype=torch.long)),
+            r"ids_keep: expected shape \(2, \*\)",
+        ),
+        (lambda: masked_gather(torch.zeros(2, 5, 3), torch.zeros(2, 2)), "int32 or int64"),
+        (
+            lambda: masked_gather(torch.zeros(2, 5, 3), torch.zeros(2, 2, dtype=torch.long), torch.zeros(4, 3)),
+            r"pos: expected shape \(5, 3\)",
+        ),
+        (
+            lambda: masked_restore(torch.zeros(2, 2, 3), torch.zeros(2, 5, dtype=torch.long), torch.zeros(4)),
+            r"mask_token: expected shape \(3\)",
+        ),
+        (lambda: info_nce(torch.zeros(4, 3), torch.zeros(3, 3), 0.1), "positives of 4 queries outside 3 keys"),
+        (lambda: info_nce(torch.zeros(4, 3), torch.zeros(4, 3), 0.0), "tau: must be > 0"),
+        (
+            lambda: masked_mse(torch.zeros(2, 4, 3), torch.zeros(2, 4, 3), torch.zeros(2, 5)),
+            r"mask: expected shape \(2, 4\)",
+        ),
+    ],
+)
 def test_bad_arguments_are_named(call, message):
     with pytest.raises(ValueError, match=message):
         call()

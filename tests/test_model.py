@@ -16,8 +16,10 @@ from .conftest import tiny_config
 
 def inputs(cfg, batch=2):
     m = cfg.model
-    return (torch.randn(batch, 1, m.audio_frames, m.audio_mel_bins),
-            torch.randn(batch, 3, m.video_frames, m.video_size, m.video_size))
+    return (
+        torch.randn(batch, 1, m.audio_frames, m.audio_mel_bins),
+        torch.randn(batch, 3, m.video_frames, m.video_size, m.video_size),
+    )
 
 
 @pytest.mark.parametrize("fusion", ["vanilla", "mbt"])

@@ -1,4 +1,5 @@
 """The model trains: losses fall on one batch, stage 2 learns from a frozen teacher, seeds reproduce."""
+
 import pytest
 import torch
 
@@ -22,7 +23,9 @@ def teacher_file(tmp_path_factory):
 
 @pytest.mark.parametrize("fusion", ["vanilla", "mbt"])
 def test_tiny_model_overfits_one_batch_in_both_stages(fusion, tmp_path):
-    stage1, stage2 = load_configs(CONFIGS / "tiny" / "stage1.json", CONFIGS / "tiny" / "stage2.json", [f"model.fusion={fusion}"])
+    stage1, stage2 = load_configs(
+        CONFIGS / "tiny" / "stage1.json", CONFIGS / "tiny" / "stage2.json", [f"model.fusion={fusion}"]
+    )
     history = overfit(stage1, stage2, steps=80, lr=2e-3, out=tmp_path)
     for stage in ("stage1", "stage2"):
         first = history[stage][0]["loss"]

@@ -4,6 +4,7 @@ Video: VP9 in WebM, which DALI decodes on the CPU and the GPU alike, at the shar
 (2 fps, the paper's sampling), a keyframe every few frames so that a 4-s window decodes without a
 long seek. Audio: 16-bit FLAC, mono, 16 kHz.
 """
+
 from __future__ import annotations
 
 import io
@@ -19,9 +20,15 @@ SHORT_SIDE = 256
 KEYFRAME_INTERVAL = 4  # frames
 VP9_CRF = 32
 SAMPLE_RATE = 16000
-ENCODING = {"video": f"vp9 webm, {VIDEO_FPS} fps, short side {SHORT_SIDE}, keyframe every {KEYFRAME_INTERVAL} frames, crf {VP9_CRF}",
-            "audio": f"flac s16 mono {SAMPLE_RATE} Hz", "video_fps": VIDEO_FPS, "short_side": SHORT_SIDE,
-            "keyframe_interval": KEYFRAME_INTERVAL, "sample_rate": SAMPLE_RATE}
+ENCODING = {
+    "video": f"vp9 webm, {VIDEO_FPS} fps, short side {SHORT_SIDE}, keyframe every {KEYFRAME_INTERVAL} frames, "
+    f"crf {VP9_CRF}",
+    "audio": f"flac s16 mono {SAMPLE_RATE} Hz",
+    "video_fps": VIDEO_FPS,
+    "short_side": SHORT_SIDE,
+    "keyframe_interval": KEYFRAME_INTERVAL,
+    "sample_rate": SAMPLE_RATE,
+}
 
 
 def encode_video(frames: np.ndarray, fps: int = VIDEO_FPS) -> bytes:
@@ -34,8 +41,13 @@ def encode_video(frames: np.ndarray, fps: int = VIDEO_FPS) -> bytes:
         stream = container.add_stream("libvpx-vp9", rate=fps)
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"deadline": "realtime", "cpu-used": "8", "g": str(KEYFRAME_INTERVAL),
-                          "crf": str(VP9_CRF), "b:v": "0"}
+        stream.options = {
+            "deadline": "realtime",
+            "cpu-used": "8",
+            "g": str(KEYFRAME_INTERVAL),
+            "crf": str(VP9_CRF),
+            "b:v": "0",
+        }
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())

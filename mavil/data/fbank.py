@@ -38,6 +38,7 @@ padding). The clip mean is taken over the real samples only, and frames that rea
 length are set to 0.0, which is what zero-padding each clip's fbank at the end would give;
 `to_model_input` then pads or cuts every row to 1024 frames and normalises.
 """
+
 from __future__ import annotations
 
 import functools
@@ -52,20 +53,30 @@ AUDIOSET_MEAN, AUDIOSET_STD = -4.2677, 4.5690
 CPU_CHUNK_FRAMES = 1024  # on the CPU, rows go through in chunks of about this many frames (1.6 MB), to stay in cache
 
 
-def frame_sizes(sample_rate: int = 16000, frame_length_ms: float = 25.0, frame_shift_ms: float = 10.0) -> tuple[int, int]:
+def frame_sizes(
+    sample_rate: int = 16000, frame_length_ms: float = 25.0, frame_shift_ms: float = 10.0
+) -> tuple[int, int]:
     """(frame length, frame shift) in samples, rounded down as torchaudio does: (400, 160) at 16 kHz."""
     return int(sample_rate * frame_length_ms * 0.001), int(sample_rate * frame_shift_ms * 0.001)
 
 
-def samples_for_frames(frames: int, sample_rate: int = 16000, *, frame_length_ms: float = 25.0,
-                       frame_shift_ms: float = 10.0) -> int:
+def samples_for_frames(
+    frames: int, sample_rate: int = 16000, *, frame_length_ms: float = 25.0, frame_shift_ms: float = 10.0
+) -> int:
     """The waveform length that gives exactly `frames` frames: 400 + (frames - 1) * 160 at 16 kHz."""
     frame_length, frame_shift = frame_sizes(sample_rate, frame_length_ms, frame_shift_ms)
     return frame_length + (frames - 1) * frame_shift
 
 
-def fbank(waveforms: Tensor, lengths: Tensor | None = None, *, sample_rate: int = 16000, num_mel_bins: int = 128,
-          frame_length_ms: float = 25.0, frame_shift_ms: float = 10.0) -> Tensor:
+def fbank(
+    waveforms: Tensor,
+    lengths: Tensor | None = None,
+    *,
+    sample_rate: int = 16000,
+    num_mel_bins: int = 128,
+    frame_length_ms: float = 25.0,
+    frame_shift_ms: float = 10.0,
+) -> Tensor:
     """(B, T) waveforms, zero-padded after `lengths` (B,) real samples (None: all T) -> (B, F, num_mel_bins) float32.
 
     F = 1 + (T - frame_length) // frame_shift; frames of a row that reach past its length are 0.0.
@@ -82,13 +93,16 @@ def fbank(waveforms: Tensor, lengths: Tensor | None = None, *, sample_rate: int 
     window, mel_banks = _constants(frame_length, sample_rate, num_mel_bins, waveforms.device, waveforms.dtype)
     frames_per_row = 1 + (samples - frame_length) // frame_shift
     rows = batch if waveforms.device.type != "cpu" else max(1, CPU_CHUNK_FRAMES // frames_per_row)
-    chunks = [_log_mel(chunk, chunk_lengths, full, window, mel_banks, frame_shift)
-              for chunk, chunk_lengths in zip(waveforms.split(rows), lengths.split(rows))]
+    chunks = [
+        _log_mel(chunk, chunk_lengths, full, window, mel_banks, frame_shift)
+        for chunk, chunk_lengths in zip(waveforms.split(rows), lengths.split(rows))
+    ]
     return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
 
-def to_model_input(fbank_frames: Tensor, target_frames: int = 1024, mean: float = AUDIOSET_MEAN,
-                   std: float = AUDIOSET_STD) -> Tensor:
+def to_model_input(
+    fbank_frames: Tensor, target_frames: int = 1024, mean: float = AUDIOSET_MEAN, std: float = AUDIOSET_STD
+) -> Tensor:
     """(B, F, mel) log-mel -> (B, 1, target_frames, mel): cut or zero-pad at the end, then (x - mean) / (2 std)."""
     fitted = fbank_frames[:, :target_frames]  # (B, min(F, target), mel)
     missing = target_frames - fitted.shape[1]
@@ -97,8 +111,9 @@ def to_model_input(fbank_frames: Tensor, target_frames: int = 1024, mean: float 
     return ((fitted - mean) / (2 * std)).unsqueeze(1)
 
 
-def _log_mel(waveforms: Tensor, lengths: Tensor, full: bool, window: Tensor, mel_banks: Tensor,
-             frame_shift: int) -> Tensor:
+def _log_mel(
+    waveforms: Tensor, lengths: Tensor, full: bool, window: Tensor, mel_banks: Tensor, frame_shift: int
+) -> Tensor:
     """(B, T) float32 waveforms with (B,) real lengths -> (B, F, mel) Kaldi log-mel, 0.0 past each row's length."""
     frame_length = window.shape[0]
     centred = waveforms - (waveforms.mean(1, keepdim=True) if full else _clip_mean(waveforms, lengths))  # (B, T)
@@ -127,9 +142,11 @@ def _power_spectrum(frames: Tensor, window: Tensor) -> Tensor:
 
 
 @functools.lru_cache(maxsize=16)
-def _constants(frame_length: int, sample_rate: int, num_mel_bins: int, device: torch.device,
-               dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """The window (L,) and the mel banks (n_fft/2 + 1, num_mel_bins), built on the CPU once, cached per device and dtype."""
+def _constants(
+    frame_length: int, sample_rate: int, num_mel_bins: int, device: torch.device, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """The window (L,) and the mel banks (n_fft/2 + 1, num_mel_bins), built on the CPU once, cached per device and
+    dtype."""
     window = torch.hann_window(frame_length, periodic=False, dtype=torch.float32)  # (L,)
     n_fft = 1 << (frame_length - 1).bit_length()
     mel_banks = _kaldi_mel_banks(num_mel_bins, n_fft, sample_rate)  # (num_mel_bins, n_fft/2 + 1)
@@ -142,6 +159,7 @@ def _kaldi_mel_banks(num_mel_bins: int, n_fft: int, sample_rate: int) -> Tensor:
     Built in float32 with the very expressions of torchaudio's get_mel_banks: in float64 the weights move
     by up to 1.4e-5, which shifts low-energy log-mel cells by up to 2e-4 from torchaudio's.
     """
+
     def mel(hz):
         return 1127.0 * (1.0 + hz / 700.0).log() if isinstance(hz, Tensor) else 1127.0 * math.log(1.0 + hz / 700.0)
 

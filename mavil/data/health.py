@@ -44,6 +44,7 @@ SERIAL_BELOW clips) with one progress bar; `ensure_health(root, distributed=True
 group at once, splits the shards over the ranks too (rank 0 writes the report). A set checked beforehand with the
 command above starts at once.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,8 +65,15 @@ from tqdm import tqdm
 from mavil.config import ConfigError
 from mavil.data.fbank import samples_for_frames
 from mavil.data.prepare import default_workers, map_in_order
-from mavil.data.shards import (VIDEO_EXTS, index_members, index_text, member_record, read_index, read_manifest,
-                               read_verified)
+from mavil.data.shards import (
+    VIDEO_EXTS,
+    index_members,
+    index_text,
+    member_record,
+    read_index,
+    read_manifest,
+    read_verified,
+)
 from mavil.data.synthetic import default_cache_dir
 from mavil.data.verify import Bad, audio_facts, check_meta, count_frames  # noqa: F401 (Bad: the tests')
 
@@ -73,8 +81,18 @@ from mavil.data.verify import Bad, audio_facts, check_meta, count_frames  # noqa
 REPORT, INDEX_DIR, HEALTH_VERSION = "health.json", "health-index", 2  # 2: labels per usable clip
 DROPPED = "health-dropped.jsonl"  # clips the DALI pipeline failed to decode during runs, one JSON line each
 PIPELINE_KIND = "decode_failed_in_pipeline"
-UNUSABLE_KINDS = ("missing_video", "missing_audio", "missing_meta", "truncated", "meta_undecodable", "video_empty",
-                  "video_undecodable", "audio_empty", "audio_undecodable", PIPELINE_KIND)
+UNUSABLE_KINDS = (
+    "missing_video",
+    "missing_audio",
+    "missing_meta",
+    "truncated",
+    "meta_undecodable",
+    "video_empty",
+    "video_undecodable",
+    "audio_empty",
+    "audio_undecodable",
+    PIPELINE_KIND,
+)
 REPAIRED_KINDS = ("audio_resampled", "audio_downmixed", "short_audio", "short_video")
 SERIAL_BELOW = 256  # clips to decode: fewer are decoded in this process (a process pool takes seconds to start)
 HASH_SERIAL_BELOW = 1 << 30  # bytes of verified clips to hash: less is hashed in this process (~1 GB/s)
@@ -127,8 +145,9 @@ def check_chunk(job: tuple[str, int, list[tuple[str, dict | None]], int, bool]) 
     return results
 
 
-def recorded_facts(handle, tar_size: int, members: dict[str, tuple[int, int, str]], record: dict | None,
-                   classes: int) -> list | None:
+def recorded_facts(
+    handle, tar_size: int, members: dict[str, tuple[int, int, str]], record: dict | None, classes: int
+) -> list | None:
     """The facts prepare recorded for the clip, when its members are exactly those recorded, byte for byte (size and
     sha256); None otherwise (the clip must be decoded). The metadata is still checked against `classes`."""
     if not record or set(record.get("members", {})) != set(members):
@@ -190,13 +209,19 @@ class Tally:
     def fields(self) -> dict[str, int]:
         """For metrics lines and eval.json: data_clips, data_used, data_skipped, data_repaired, and data_<kind> for
         each kind that has clips (an absent kind has none)."""
-        return {"data_clips": self.clips, "data_used": self.usable, "data_skipped": self.clips - self.usable,
-                "data_repaired": self.repaired_clips,
-                **{f"data_{kind}": count for kind, count in {**self.unusable, **self.repaired}.items() if count}}
+        return {
+            "data_clips": self.clips,
+            "data_used": self.usable,
+            "data_skipped": self.clips - self.usable,
+            "data_repaired": self.repaired_clips,
+            **{f"data_{kind}": count for kind, count in {**self.unusable, **self.repaired}.items() if count},
+        }
 
     def __str__(self) -> str:
-        return (f"{self.usable} of {self.clips} clips used, {self.clips - self.usable} skipped{by_kind(self.unusable)}, "
-                f"{self.repaired_clips} repaired{by_kind(self.repaired)}")
+        return (
+            f"{self.usable} of {self.clips} clips used, {self.clips - self.usable} skipped{by_kind(self.unusable)}, "
+            f"{self.repaired_clips} repaired{by_kind(self.repaired)}"
+        )
 
 
 def by_kind(counts: dict[str, int]) -> str:
@@ -263,8 +288,13 @@ class DataHealth:
         shard, line = self.numbered()[clip]
         own_lines = read_index(self.root / shard_entry(self.manifest, shard.tar, self.root)["index"])
         key = clip_key(index_members(own_lines[line]))
-        record = {"tar": shard.tar.relative_to(self.root).as_posix(), "stamp": file_stamp(shard.tar), "line": line,
-                  "key": key, "detail": detail}
+        record = {
+            "tar": shard.tar.relative_to(self.root).as_posix(),
+            "stamp": file_stamp(shard.tar),
+            "line": line,
+            "key": key,
+            "detail": detail,
+        }
         with open(self.report.parent / DROPPED, "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             f.write(json.dumps(record, separators=(",", ":")) + "\n")
@@ -305,8 +335,10 @@ class DataHealth:
     def dropped_in_run(self) -> set[tuple[str, int]]:
         """(tar, line) of the usable clips that a pipeline dropped since the check (this process's and other
         ranks')."""
-        dropped = {(shard.tar.relative_to(self.root).as_posix(), line)
-                   for shard, line in (self.numbered()[clip] for clip in self.dropped)}
+        dropped = {
+            (shard.tar.relative_to(self.root).as_posix(), line)
+            for shard, line in (self.numbered()[clip] for clip in self.dropped)
+        }
         records = self.dropped_records()
         if records:
             shards = {shard.tar.relative_to(self.root).as_posix(): shard for shard in self.shards}
@@ -326,10 +358,16 @@ class DataHealth:
             for line, rate, channels, samples, frames, _ in shard.usable:
                 if (name, line) in dropped:
                     continue
-                kinds = [kind for kind, applies in (
-                    ("audio_resampled", rate != windows.sample_rate), ("audio_downmixed", channels > 1),
-                    ("short_audio", math.ceil(samples * windows.sample_rate / rate) < needed),
-                    ("short_video", frames < windows.video_frames)) if applies]
+                kinds = [
+                    kind
+                    for kind, applies in (
+                        ("audio_resampled", rate != windows.sample_rate),
+                        ("audio_downmixed", channels > 1),
+                        ("short_audio", math.ceil(samples * windows.sample_rate / rate) < needed),
+                        ("short_video", frames < windows.video_frames),
+                    )
+                    if applies
+                ]
                 for kind in kinds:
                     counts[kind] += 1
                 repaired_clips += bool(kinds)
@@ -340,9 +378,11 @@ class DataHealth:
         bad = self.clips - self.usable
         if self.usable and bad <= max_bad_fraction * self.clips:
             return
-        raise UnusableData(f"{self.root}: {bad} of {self.clips} clips ({100 * bad / max(self.clips, 1):.1f}%) are "
-                           f"unusable{by_kind(self.unusable_counts())}, above data.max_bad_fraction={max_bad_fraction:g}; "
-                           f"the report is {self.report}")
+        raise UnusableData(
+            f"{self.root}: {bad} of {self.clips} clips ({100 * bad / max(self.clips, 1):.1f}%) are "
+            f"unusable{by_kind(self.unusable_counts())}, above data.max_bad_fraction={max_bad_fraction:g}; "
+            f"the report is {self.report}"
+        )
 
     def unusable_examples(self, per_kind: int = EXAMPLES) -> dict[str, list[str]]:
         """kind -> 'shard: key (detail)' of its first few clips."""
@@ -383,7 +423,9 @@ def is_fresh(entry: dict | None, root: Path, shard: dict, folder: Path | None) -
     """Whether a report entry still describes the shard: same tar and index stamps, its usable index present."""
     if entry is None or folder is None:
         return False
-    stamps_match = entry["tar"] == file_stamp(root / shard["tar"]) and entry["index"] == file_stamp(root / shard["index"])
+    stamps_match = entry["tar"] == file_stamp(root / shard["tar"]) and entry["index"] == file_stamp(
+        root / shard["index"]
+    )
     return stamps_match and (not entry["bad"] or (folder / INDEX_DIR / shard["index"]).is_file())
 
 
@@ -392,8 +434,9 @@ def stale_shards(root: Path, manifest: dict, folder: Path | None, entries: dict)
     return [shard for shard in manifest["shards"] if not is_fresh(entries.get(shard["tar"]), root, shard, folder)]
 
 
-def scan(root: Path, shards: list[dict], classes: int, workers: int | None, progress: bool,
-         pool_size: int | None = None) -> dict[str, dict]:
+def scan(
+    root: Path, shards: list[dict], classes: int, workers: int | None, progress: bool, pool_size: int | None = None
+) -> dict[str, dict]:
     """Checks every clip of `shards` (labels must index `classes` classes) -> report entries by tar name.
 
     Two passes, each over a process pool where it is large: the clips that prepare (or synthetic) verified are
@@ -402,21 +445,44 @@ def scan(root: Path, shards: list[dict], classes: int, workers: int | None, prog
     lines = {shard["tar"]: read_index(root / shard["index"]) for shard in shards}
     records = {shard["tar"]: read_verified(root, shard) for shard in shards}
     sizes = {shard["tar"]: (root / shard["tar"]).stat().st_size for shard in shards}
-    entries = {shard["tar"]: {"tar": file_stamp(root / shard["tar"]), "index": file_stamp(root / shard["index"]),
-                              "clips": len(lines[shard["tar"]]), "usable": [], "bad": [], "decoded": 0}
-               for shard in shards}
+    entries = {
+        shard["tar"]: {
+            "tar": file_stamp(root / shard["tar"]),
+            "index": file_stamp(root / shard["index"]),
+            "clips": len(lines[shard["tar"]]),
+            "usable": [],
+            "bad": [],
+            "decoded": 0,
+        }
+        for shard in shards
+    }
     results: dict[tuple[str, int], tuple[list, bool]] = {}
-    recorded = [(tar, number) for tar in lines for number, line in enumerate(lines[tar])
-                if records[tar].get(clip_key(index_members(line)))]
-    with tqdm(total=sum(len(clips) for clips in lines.values()), desc=f"checking {root.name}", unit="clip",
-              file=sys.stderr, disable=not progress) as bar:
-        hashed = sum(sum(size for size, _ in records[tar][clip_key(index_members(lines[tar][number]))]["members"]
-                         .values()) for tar, number in recorded)
+    recorded = [
+        (tar, number)
+        for tar in lines
+        for number, line in enumerate(lines[tar])
+        if records[tar].get(clip_key(index_members(line)))
+    ]
+    with tqdm(
+        total=sum(len(clips) for clips in lines.values()),
+        desc=f"checking {root.name}",
+        unit="clip",
+        file=sys.stderr,
+        disable=not progress,
+    ) as bar:
+        hashed = sum(
+            sum(size for size, _ in records[tar][clip_key(index_members(lines[tar][number]))]["members"].values())
+            for tar, number in recorded
+        )
         cpus = pool_size or default_workers()  # the pool where one is worth starting
         pool = workers if workers is not None else cpus if hashed >= HASH_SERIAL_BELOW else 1
         run_pass(root, lines, records, sizes, recorded, classes, pool, False, results, bar)
-        rest = [(tar, number) for tar in lines for number in range(len(lines[tar]))
-                if results.get((tar, number), (None,))[0] is None]
+        rest = [
+            (tar, number)
+            for tar in lines
+            for number in range(len(lines[tar]))
+            if results.get((tar, number), (None,))[0] is None
+        ]
         pool = workers if workers is not None else cpus if len(rest) >= SERIAL_BELOW else 1
         run_pass(root, lines, records, sizes, rest, classes, pool, True, results, bar)
     for tar in lines:
@@ -430,16 +496,34 @@ def scan(root: Path, shards: list[dict], classes: int, workers: int | None, prog
     return entries
 
 
-def run_pass(root: Path, lines: dict, records: dict, sizes: dict, clips: list[tuple[str, int]], classes: int,
-             workers: int, decode: bool, results: dict, bar) -> None:
+def run_pass(
+    root: Path,
+    lines: dict,
+    records: dict,
+    sizes: dict,
+    clips: list[tuple[str, int]],
+    classes: int,
+    workers: int,
+    decode: bool,
+    results: dict,
+    bar,
+) -> None:
     """check_chunk over `clips` ((tar, line number) pairs) in chunks of CHUNK clips of one shard; the results into
     `results`, the bar advanced by the clips settled (all of them when decoding, the trusted ones otherwise)."""
     by_shard: dict[str, list[int]] = {}
     for tar, number in clips:
         by_shard.setdefault(tar, []).append(number)
-    chunks = [(tar, numbers[i:i + CHUNK]) for tar, numbers in by_shard.items() for i in range(0, len(numbers), CHUNK)]
-    jobs = [(str(root / tar), sizes[tar], [(lines[tar][n], records[tar].get(clip_key(index_members(lines[tar][n]))))
-                                          for n in numbers], classes, decode) for tar, numbers in chunks]
+    chunks = [(tar, numbers[i : i + CHUNK]) for tar, numbers in by_shard.items() for i in range(0, len(numbers), CHUNK)]
+    jobs = [
+        (
+            str(root / tar),
+            sizes[tar],
+            [(lines[tar][n], records[tar].get(clip_key(index_members(lines[tar][n])))) for n in numbers],
+            classes,
+            decode,
+        )
+        for tar, numbers in chunks
+    ]
     for (tar, numbers), chunk in zip(chunks, map_in_order(check_chunk, jobs, workers, "", progress=False)):
         for number, result in zip(numbers, chunk):
             results[(tar, number)] = result
@@ -468,7 +552,9 @@ def write_report(root: Path, manifest: dict, entries: dict[str, dict]) -> Path:
                 entry = entries[shard["tar"]]
                 if entry["bad"]:
                     lines = read_index(root / shard["index"])
-                    write_atomic(folder / INDEX_DIR / shard["index"], index_text([lines[u[0]] for u in entry["usable"]]))
+                    write_atomic(
+                        folder / INDEX_DIR / shard["index"], index_text([lines[u[0]] for u in entry["usable"]])
+                    )
             report = {"version": HEALTH_VERSION, "root": str(root), "shards": entries}
             write_atomic(folder / REPORT, json.dumps(report, separators=(",", ":")) + "\n")
             return folder
@@ -477,8 +563,9 @@ def write_report(root: Path, manifest: dict, entries: dict[str, dict]) -> Path:
     raise OSError(f"{root}: cannot write {REPORT} there nor into {report_dirs(root)[-1]}")
 
 
-def ensure_health(root: str | Path, workers: int | None = None, progress: bool = True,
-                  distributed: bool = False) -> DataHealth:
+def ensure_health(
+    root: str | Path, workers: int | None = None, progress: bool = True, distributed: bool = False
+) -> DataHealth:
     """The health of the shard directory `root`: read from its report where that is current, the shards that
     changed (or all, the first time) checked and the report rewritten. workers None: a process per CPU for large
     sets, this process for small ones.
@@ -510,8 +597,9 @@ def process_group_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def ensure_health_over_ranks(root: Path, manifest: dict, entries: dict, stale: list[dict], workers: int | None,
-                             progress: bool) -> DataHealth:
+def ensure_health_over_ranks(
+    root: Path, manifest: dict, entries: dict, stale: list[dict], workers: int | None, progress: bool
+) -> DataHealth:
     """ensure_health(distributed=True) where shards are to be checked: rank r checks stale[r::world] (its share of
     the node's CPUs when large), the entries are gathered to every rank, rank 0 writes the report and every rank
     then reads it."""
@@ -557,8 +645,9 @@ def apply_dropped(root: Path, folder: Path, entries: dict[str, dict]) -> bool:
         for position, clip in enumerate(entry["usable"]):
             if clip[0] == record["line"]:
                 del entry["usable"][position]
-                entry["bad"].append({"line": record["line"], "key": record["key"], "kind": PIPELINE_KIND,
-                                     "detail": record["detail"]})
+                entry["bad"].append(
+                    {"line": record["line"], "key": record["key"], "kind": PIPELINE_KIND, "detail": record["detail"]}
+                )
                 entry["bad"].sort(key=lambda bad: bad["line"])
                 moved = True
                 break
@@ -572,8 +661,9 @@ def shard_entry(manifest: dict, tar: Path, root: Path) -> dict:
 
 def shard_health(root: Path, folder: Path, shard: dict, entry: dict) -> ShardHealth:
     index = folder / INDEX_DIR / shard["index"] if entry["bad"] else root / shard["index"]
-    return ShardHealth(root / shard["tar"], index, entry["clips"], entry["usable"], entry["bad"],
-                       entry.get("decoded", entry["clips"]))
+    return ShardHealth(
+        root / shard["tar"], index, entry["clips"], entry["usable"], entry["bad"], entry.get("decoded", entry["clips"])
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

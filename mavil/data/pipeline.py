@@ -28,6 +28,7 @@ a random shift (the paper's "R", done on the waveform before the fbank as Audio-
 short clip stays at its end), the Kaldi-exact fbank of each clip (mean removed over its real samples,
 `mavil.data.fbank`), cut or zero-padded to `audio_frames`, normalised as (x - mean) / (2 * std).
 """
+
 from __future__ import annotations
 
 import math
@@ -79,8 +80,21 @@ class LoaderSpec:
     @classmethod
     def from_config(cls, cfg, batch_size: int, train: bool = True) -> "LoaderSpec":
         m, d = cfg.model, cfg.data
-        return cls(batch_size, m.audio_frames, m.audio_mel_bins, m.video_frames, m.video_size, train, d.audio_mean,
-                   d.audio_std, d.sample_rate, tuple(d.crop_scale), d.flip_prob, d.time_shift, max(d.num_workers, 1))
+        return cls(
+            batch_size,
+            m.audio_frames,
+            m.audio_mel_bins,
+            m.video_frames,
+            m.video_size,
+            train,
+            d.audio_mean,
+            d.audio_std,
+            d.sample_rate,
+            tuple(d.crop_scale),
+            d.flip_prob,
+            d.time_shift,
+            max(d.num_workers, 1),
+        )
 
 
 class ClipIndex:
@@ -93,8 +107,9 @@ class ClipIndex:
         self.tars = [np.memmap(tar, dtype=np.uint8, mode="r") for tar, _ in shards]
         for number, (_, index) in enumerate(shards):
             for line in read_index(index):
-                self.members.append({ext: (number, offset, size)
-                                     for ext, (offset, size, _) in index_members(line).items()})
+                self.members.append(
+                    {ext: (number, offset, size) for ext, (offset, size, _) in index_members(line).items()}
+                )
 
     def __len__(self) -> int:
         return len(self.members)
@@ -103,7 +118,7 @@ class ClipIndex:
         """The bytes of the first of `exts` the clip has, as a uint8 array."""
         ext = next(e for e in exts if e in self.members[clip])
         shard, offset, size = self.members[clip][ext]
-        return np.array(self.tars[shard][offset:offset + size])
+        return np.array(self.tars[shard][offset : offset + size])
 
     def meta(self, clip: int) -> dict:
         return decode_meta(self.read(clip, ("json",)).tobytes())
@@ -115,8 +130,17 @@ def _batch_source(index: ClipIndex, batches: list[list[int]]):
         yield tuple([index.read(clip, exts) for clip in batch] for exts in (VIDEO_EXTS, ("flac",), ("json",)))
 
 
-def _dali_pipeline(paths: list[str], index_paths: list[str], spec: LoaderSpec, shard_id: int, num_shards: int,
-                   seed: int, device_id: int | None, source=None, order_only: bool = False):
+def _dali_pipeline(
+    paths: list[str],
+    index_paths: list[str],
+    spec: LoaderSpec,
+    shard_id: int,
+    num_shards: int,
+    seed: int,
+    device_id: int | None,
+    source=None,
+    order_only: bool = False,
+):
     """The loader's pipeline: from the webdataset reader, or from `source` (per batch); `order_only`: the reader
     alone, reading the .json members only and giving each sample's place ("tar:offset:name", zero-padded to
     PLACE_BYTES): the very order of the full pipeline's reader (same seed, split and shuffle), without decoding."""
@@ -128,14 +152,30 @@ def _dali_pipeline(paths: list[str], index_paths: list[str], spec: LoaderSpec, s
     def pipeline():
         if order_only:
             meta = fn.readers.webdataset(
-                paths=paths, index_paths=index_paths, ext=["json"], name="reader", shard_id=shard_id,
-                num_shards=num_shards, random_shuffle=spec.train, initial_fill=spec.shuffle_buffer, pad_last_batch=True)
+                paths=paths,
+                index_paths=index_paths,
+                ext=["json"],
+                name="reader",
+                shard_id=shard_id,
+                num_shards=num_shards,
+                random_shuffle=spec.train,
+                initial_fill=spec.shuffle_buffer,
+                pad_last_batch=True,
+            )
             return fn.pad(fn.get_property(meta, key="source_info"), axes=[0], shape=[PLACE_BYTES])
         if source is None:
             video, audio, meta = fn.readers.webdataset(
-                paths=paths, index_paths=index_paths, ext=["webm;mp4", "flac", "json"], name="reader",
-                shard_id=shard_id, num_shards=num_shards, random_shuffle=spec.train,
-                initial_fill=spec.shuffle_buffer, pad_last_batch=True, missing_component_behavior="error")
+                paths=paths,
+                index_paths=index_paths,
+                ext=["webm;mp4", "flac", "json"],
+                name="reader",
+                shard_id=shard_id,
+                num_shards=num_shards,
+                random_shuffle=spec.train,
+                initial_fill=spec.shuffle_buffer,
+                pad_last_batch=True,
+                missing_component_behavior="error",
+            )
         else:
             video, audio, meta = fn.external_source(source=source, num_outputs=3, batch=True, dtype=types.UINT8)
         frames = fn.decoders.video(video, device="mixed" if on_gpu else "cpu")  # (n, H, W, 3) uint8
@@ -193,9 +233,13 @@ def _augment(fn, types, clip, spec: LoaderSpec):
     mean = [255 * m for m in IMAGENET_MEAN]
     std = [255 * s for s in IMAGENET_STD]
     if spec.train:
-        clip = fn.random_resized_crop(clip, size=size, random_area=list(spec.crop_scale), random_aspect_ratio=[3 / 4, 4 / 3])
+        clip = fn.random_resized_crop(
+            clip, size=size, random_area=list(spec.crop_scale), random_aspect_ratio=[3 / 4, 4 / 3]
+        )
         mirror = fn.random.coin_flip(probability=spec.flip_prob)
-        return fn.crop_mirror_normalize(clip, dtype=types.FLOAT, output_layout="CFHW", mean=mean, std=std, mirror=mirror)
+        return fn.crop_mirror_normalize(
+            clip, dtype=types.FLOAT, output_layout="CFHW", mean=mean, std=std, mirror=mirror
+        )
     clip = fn.resize(clip, resize_shorter=spec.video_size)
     return fn.crop_mirror_normalize(clip, dtype=types.FLOAT, output_layout="CFHW", crop=size, mean=mean, std=std)
 
@@ -218,9 +262,17 @@ class Loader:
     and the clips are decoded through an external source in that order.
     """
 
-    def __init__(self, root: str | Path, spec: LoaderSpec, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 device: torch.device | str | None = None, clips: list[int] | None = None,
-                 health: DataHealth | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        spec: LoaderSpec,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+        clips: list[int] | None = None,
+        health: DataHealth | None = None,
+    ):
         require("nvidia.dali.plugin.pytorch")  # a missing DALI is named with its pip requirement and install command
         from .health import ensure_health
 
@@ -248,7 +300,7 @@ class Loader:
                 self._length = len(self._order_iterator())
         else:
             clips = list(clips)[: len(clips) // spec.batch_size * spec.batch_size]
-            self._batches = [clips[i:i + spec.batch_size] for i in range(0, len(clips), spec.batch_size)]
+            self._batches = [clips[i : i + spec.batch_size] for i in range(0, len(clips), spec.batch_size)]
             self._length = len(self._batches)
         self._shift = torch.Generator().manual_seed(seed * 1000 + rank)
 
@@ -285,18 +337,26 @@ class Loader:
     def _reader_iterator(self):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-        pipe = _dali_pipeline(self._paths, self._index_paths, self.spec, self._rank, self._world, self._seed,
-                              self._device_id)
-        return DALIGenericIterator(pipe, ["video", "wave", "length", "meta"], reader_name="reader",
-                                   last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True)
+        pipe = _dali_pipeline(
+            self._paths, self._index_paths, self.spec, self._rank, self._world, self._seed, self._device_id
+        )
+        return DALIGenericIterator(
+            pipe,
+            ["video", "wave", "length", "meta"],
+            reader_name="reader",
+            last_batch_policy=LastBatchPolicy.PARTIAL,
+            auto_reset=True,
+        )
 
     def _order_iterator(self):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-        pipe = _dali_pipeline(self._paths, self._index_paths, self.spec, self._rank, self._world, self._seed, None,
-                              order_only=True)
-        return DALIGenericIterator(pipe, ["place"], reader_name="reader", last_batch_policy=LastBatchPolicy.PARTIAL,
-                                   auto_reset=True)
+        pipe = _dali_pipeline(
+            self._paths, self._index_paths, self.spec, self._rank, self._world, self._seed, None, order_only=True
+        )
+        return DALIGenericIterator(
+            pipe, ["place"], reader_name="reader", last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True
+        )
 
     def _order_epochs(self):
         """Epoch after epoch: the reader's batches as lists of clip numbers."""
@@ -307,8 +367,10 @@ class Loader:
             for batch, numbers in zip(batches, clips):
                 for (tar, offset, name), clip in zip(batch, numbers):
                     if clip is None:
-                        raise ValueError(f"{self.root}: DALI's reader gave {name} at byte {offset} of {tar}, "
-                                         f"which is no usable clip of the health report {self.health.report}")
+                        raise ValueError(
+                            f"{self.root}: DALI's reader gave {name} at byte {offset} of {tar}, "
+                            f"which is no usable clip of the health report {self.health.report}"
+                        )
             yield clips
 
     @staticmethod
@@ -325,8 +387,11 @@ class Loader:
         """The number of the clip with a member at `offset` of `tar`; None for none."""
         if self._places is None:
             index, tars = self._clip_index(), [str(tar) for tar, _ in self.health.usable_shards()]
-            self._places = {(tars[shard], member_offset): clip for clip, members in enumerate(index.members)
-                            for shard, member_offset, _ in members.values()}
+            self._places = {
+                (tars[shard], member_offset): clip
+                for clip, members in enumerate(index.members)
+                for shard, member_offset, _ in members.values()
+            }
         return self._places.get((tar, offset))
 
     # decoding given batches, dropping the clips DALI fails on
@@ -365,11 +430,19 @@ class Loader:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         self._rebuilds += 1  # a rebuilt pipeline draws new augmentations, not the first pipeline's again
-        pipe = _dali_pipeline(self._paths, self._index_paths, self.spec, self._rank, self._world,
-                              self._seed + 7919 * self._rebuilds, self._device_id,
-                              _batch_source(self._clip_index(), batches))
-        for (outputs,) in DALIGenericIterator(pipe, ["video", "wave", "length", "meta"],
-                                              last_batch_policy=LastBatchPolicy.PARTIAL):
+        pipe = _dali_pipeline(
+            self._paths,
+            self._index_paths,
+            self.spec,
+            self._rank,
+            self._world,
+            self._seed + 7919 * self._rebuilds,
+            self._device_id,
+            _batch_source(self._clip_index(), batches),
+        )
+        for (outputs,) in DALIGenericIterator(
+            pipe, ["video", "wave", "length", "meta"], last_batch_policy=LastBatchPolicy.PARTIAL
+        ):
             yield outputs
 
     def _drop_named(self, error: Exception, batches: list[list[int]]) -> bool:
@@ -384,9 +457,9 @@ class Loader:
     def _isolate(self, error: Exception, batches: list[list[int]], start: int) -> None:
         """After DALI failed on batches[start] (or one of the next PREFETCH): drops the clips that fail alone from
         batches[start:]."""
-        if self._drop_named(error, batches[start:start + PREFETCH + 1]):
+        if self._drop_named(error, batches[start : start + PREFETCH + 1]):
             return
-        for batch in batches[start:start + PREFETCH + 1]:
+        for batch in batches[start : start + PREFETCH + 1]:
             failing = [clip for clip in dict.fromkeys(batch) if not self._decodes(clip)]  # each clip once
             for clip in failing:
                 self._drop(clip, error, batches[start:])
@@ -396,8 +469,16 @@ class Loader:
 
     def _decodes(self, clip: int) -> bool:
         """Whether DALI's pipeline decodes `clip` alone."""
-        pipe = _dali_pipeline(self._paths, self._index_paths, self.spec, self._rank, self._world, self._seed,
-                              self._device_id, _batch_source(self._clip_index(), [[clip]]))
+        pipe = _dali_pipeline(
+            self._paths,
+            self._index_paths,
+            self.spec,
+            self._rank,
+            self._world,
+            self._seed,
+            self._device_id,
+            _batch_source(self._clip_index(), [[clip]]),
+        )
         try:
             pipe.build()
             pipe.run()
@@ -413,12 +494,18 @@ class Loader:
             batch[:] = [other for other in batch if other != clip]
         if clip in self.health.dropped:
             return
-        reason = next((line.strip() for line in str(error).splitlines() if "failed" in line.lower()),
-                      str(error).splitlines()[-1] if str(error) else type(error).__name__)
+        reason = next(
+            (line.strip() for line in str(error).splitlines() if "failed" in line.lower()),
+            str(error).splitlines()[-1] if str(error) else type(error).__name__,
+        )
         self.health.drop(clip, reason[:300])
         key = self._clip_index().meta(clip)["key"]
-        print(f"data: DALI failed to decode clip {key} ({reason[:200]}): left out of its batch and of later "
-              f"epochs; counted as decode_failed_in_pipeline", file=sys.stderr, flush=True)
+        print(
+            f"data: DALI failed to decode clip {key} ({reason[:200]}): left out of its batch and of later "
+            f"epochs; counted as decode_failed_in_pipeline",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _finish(self, outputs: dict) -> dict:
         metas = [decode_meta(row.cpu().numpy().tobytes()) for row in outputs["meta"]]
@@ -426,10 +513,18 @@ class Loader:
         lengths = outputs["length"].to(self.device).reshape(-1)
         if self.spec.train and self.spec.time_shift:
             wave = roll_waves(wave, lengths, self._shift)
-        audio = to_model_input(fbank(wave, lengths, sample_rate=self.spec.sample_rate, num_mel_bins=self.spec.mel_bins),
-                               self.spec.audio_frames, self.spec.audio_mean, self.spec.audio_std)
-        return {"audio": audio, "video": split_clips(outputs["video"].to(self.device), self.spec),
-                "label": multi_hot(metas, len(self.label_names)), "key": [meta["key"] for meta in metas]}
+        audio = to_model_input(
+            fbank(wave, lengths, sample_rate=self.spec.sample_rate, num_mel_bins=self.spec.mel_bins),
+            self.spec.audio_frames,
+            self.spec.audio_mean,
+            self.spec.audio_std,
+        )
+        return {
+            "audio": audio,
+            "video": split_clips(outputs["video"].to(self.device), self.spec),
+            "label": multi_hot(metas, len(self.label_names)),
+            "key": [meta["key"] for meta in metas],
+        }
 
 
 def split_clips(video: torch.Tensor, spec: LoaderSpec) -> torch.Tensor:
@@ -458,4 +553,3 @@ def multi_hot(metas: list[dict], classes: int) -> torch.Tensor:
     for row, meta in enumerate(metas):
         label[row, meta.get("labels", [])] = 1.0
     return label
-

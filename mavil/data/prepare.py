@@ -32,6 +32,7 @@ the one being written redone) and refuses other settings, naming the first that 
 K-th of N contiguous runs of the sources (keys and label numbers are those of the whole list) into
 DIR/part-K-of-N; `merge DIR` then writes DIR/manifest.json over all parts.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,12 @@ from tqdm import tqdm
 from mavil.data.encode import ENCODING, SAMPLE_RATE, SHORT_SIDE, VIDEO_FPS, encode_audio, encode_video
 from mavil.data.shards import MANIFEST, ShardWriter, encode_meta, write_manifest
 from mavil.data.verify import Bad, clip_facts
-from mavil.data.sources import (FORMATS, MAX_KEY, Source, SourceList, below_common_folder, read_sources,  # noqa: F401
-                                sanitised_keys)
+from mavil.data.sources import (
+    FORMATS,
+    Source,
+    SourceList,
+    read_sources,  # noqa: F401
+)
 from mavil.deps import require
 
 av = require("av")  # PyAV; a missing one is named with its pip requirement and install command
@@ -83,6 +88,7 @@ def default_workers() -> int:
 def exit_with_parent(parent: int) -> None:
     """Runs in each pool worker: ends it once `parent` is gone (a SIGKILLed or OOM-killed run leaves no workers
     decoding for nobody)."""
+
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(PARENT_POLL)
@@ -101,8 +107,9 @@ def map_in_order(fn: Callable, items: Iterable, workers: int, desc: str, progres
                 yield fn(item)
                 bar.update()
             return
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=exit_with_parent,
-                                 initargs=(os.getpid(),)) as pool:
+        with ProcessPoolExecutor(
+            workers, mp_context=get_context("spawn"), initializer=exit_with_parent, initargs=(os.getpid(),)
+        ) as pool:
             pending = deque()
             for item in items:
                 pending.append(pool.submit(fn, item))
@@ -241,8 +248,9 @@ def is_full_video(file_seconds: float | None, segment: tuple[float, float]) -> b
     return file_seconds >= end - min(FULL_VIDEO_SLACK, start / 2) or file_seconds > end - start + CUT_SLACK
 
 
-def decode_clip(path: Path, max_duration: float, segment: tuple[float, float] | None = None
-                ) -> tuple[np.ndarray, np.ndarray, float]:
+def decode_clip(
+    path: Path, max_duration: float, segment: tuple[float, float] | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
     """(T, H, W, 3) uint8 upright frames at VIDEO_FPS, (samples,) float32 mono waveform at SAMPLE_RATE, duration (s):
     the whole file, or the segment [start, end) seconds of the video (see `is_full_video`)."""
     if path.stat().st_size == 0:
@@ -291,18 +299,24 @@ def decode_clip(path: Path, max_duration: float, segment: tuple[float, float] | 
                 break
         chunks += [f.to_ndarray() for f in resampler.resample(None)]
         if sampler.origin is None:
-            raise Unusable("no decodable video frames" if segment is None else
-                           f"no video frame in the segment [{segment[0]:g}, {segment[1]:g}) s of a "
-                           f"{file_seconds or 0:.1f}-s file")
+            raise Unusable(
+                "no decodable video frames"
+                if segment is None
+                else f"no video frame in the segment [{segment[0]:g}, {segment[1]:g}) s of a "
+                f"{file_seconds or 0:.1f}-s file"
+            )
         if length is None:
             end = video_end(video, sampler.last_time)
         else:  # the video ends at the cut, or earlier
-            end = length if video_past else min(length, stream_end(video, sampler.origin + sampler.last_time)
-                                                - sampler.origin)
+            end = (
+                length
+                if video_past
+                else min(length, stream_end(video, sampler.origin + sampler.last_time) - sampler.origin)
+            )
         frames = sampler.finish(end)
     waveform = aligned_waveform(chunks, audio_start, sampler.origin)
     if length is not None:
-        waveform = waveform[:round(length * SAMPLE_RATE)]
+        waveform = waveform[: round(length * SAMPLE_RATE)]
     return frames, waveform, end
 
 
@@ -326,8 +340,7 @@ def prepare_clip(source: Source, max_duration: float = MAX_DURATION) -> Clip | S
     """One source file -> an encoded clip, or the reason it was skipped. Runs in the workers."""
     try:
         frames, waveform, duration = decode_clip(source.path, max_duration, source.segment)
-        meta = {"labels": source.labels, "duration": round(duration, 3), "frames": len(frames),
-                "source": source.name}
+        meta = {"labels": source.labels, "duration": round(duration, 3), "frames": len(frames), "source": source.name}
         encode_meta({**meta, "key": source.key})  # too long metadata is this clip's problem, not the run's
         video, audio = encode_video(frames), encode_audio(waveform)
         return Clip(source.key, video, audio, meta, clip_facts(video, audio))  # verified here, trusted by health
@@ -355,9 +368,15 @@ class Summary:
     out: Path | None = None  # the directory that holds the manifest
 
 
-SETTING_NAMES = {"format": "--format", "sources": "the source list (SRC, --class-index, --split)",
-                 "clips_per_shard": "--clips-per-shard", "max_duration": "--max-duration", "part": "--part",
-                 "encoding": "the encoding (another version of prepare)", "version": "the state format"}
+SETTING_NAMES = {
+    "format": "--format",
+    "sources": "the source list (SRC, --class-index, --split)",
+    "clips_per_shard": "--clips-per-shard",
+    "max_duration": "--max-duration",
+    "part": "--part",
+    "encoding": "the encoding (another version of prepare)",
+    "version": "the state format",
+}
 
 
 def parse_part(text: str | None) -> tuple[int, int] | None:
@@ -380,7 +399,7 @@ def part_of(sources: list, part: tuple[int, int] | None) -> list:
     if part is None:
         return sources
     k, n = part
-    return sources[(k - 1) * len(sources) // n:k * len(sources) // n]
+    return sources[(k - 1) * len(sources) // n : k * len(sources) // n]
 
 
 def check_settings(clips_per_shard: int, workers: int, max_duration: float) -> None:
@@ -426,16 +445,20 @@ def open_state(target: Path, settings: dict) -> list[dict]:
     state = target / STATE
     if any(path.name not in (LOCK, f".{STATE}.tmp") for path in target.iterdir()):
         if not state.is_file() and any(target.glob("part-*-of-*")):
-            raise PrepareError(f"{target}: holds the parts of a prepare --part run; run it with --part K/N, merge it "
-                               f"with {PROG} merge {target}, or give a new directory")
+            raise PrepareError(
+                f"{target}: holds the parts of a prepare --part run; run it with --part K/N, merge it "
+                f"with {PROG} merge {target}, or give a new directory"
+            )
         if not state.is_file():
             raise PrepareError(f"{target}: not empty and not made by prepare; give a new directory")
         recorded = read_json(state).get("settings", {})
         name = differing_setting(recorded, settings)
         if name is not None:
-            raise PrepareError(f"{target}: was prepared with {SETTING_NAMES[name]} {describe(name, recorded.get(name))}"
-                               f", this run has {describe(name, settings.get(name))}; rerun with the first settings to "
-                               f"resume, or give a new --out")
+            raise PrepareError(
+                f"{target}: was prepared with {SETTING_NAMES[name]} {describe(name, recorded.get(name))}"
+                f", this run has {describe(name, settings.get(name))}; rerun with the first settings to "
+                f"resume, or give a new --out"
+            )
         records = read_progress(target)  # rewritten without a line a crash cut short, so that appends follow
         write_atomic(target / PROGRESS, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
         return records
@@ -506,10 +529,19 @@ def remove_unrecorded_shards(target: Path, shards: list[dict]) -> None:
             path.unlink()
 
 
-def prepare(src: str | Path, out: str | Path, clips_per_shard: int = 256, workers: int = 1,
-            max_duration: float = MAX_DURATION, progress: bool = True, fmt: str | None = None,
-            downloads: str | Path | None = None, class_index: str | Path | None = None, split: str | None = None,
-            part: tuple[int, int] | str | None = None) -> Summary:
+def prepare(
+    src: str | Path,
+    out: str | Path,
+    clips_per_shard: int = 256,
+    workers: int = 1,
+    max_duration: float = MAX_DURATION,
+    progress: bool = True,
+    fmt: str | None = None,
+    downloads: str | Path | None = None,
+    class_index: str | Path | None = None,
+    split: str | None = None,
+    part: tuple[int, int] | str | None = None,
+) -> Summary:
     """Writes the shards of every usable source of `src` (of part K/N: into out/part-K-of-N) and the manifest.
     An interrupted run resumes when run again with the same settings: its finished shards are kept."""
     check_settings(clips_per_shard, workers, max_duration)
@@ -519,8 +551,9 @@ def prepare(src: str | Path, out: str | Path, clips_per_shard: int = 256, worker
         raise PrepareError(f"{out}: exists and is not a directory; give a directory for --out")
     if part is not None and (out / STATE).is_file():
         raise PrepareError(f"{out}: holds a prepare run without --part; give another --out")
-    listing = read_sources(Path(src), fmt, Path(downloads) if downloads else None,
-                           Path(class_index) if class_index else None, split)
+    listing = read_sources(
+        Path(src), fmt, Path(downloads) if downloads else None, Path(class_index) if class_index else None, split
+    )
     if all(source.path is None for source in listing.sources):
         raise PrepareError(f"{downloads}: none of the {len(listing.sources)} segments of {src} has a download there")
     for line in listing.warnings[:WARNINGS]:
@@ -529,10 +562,15 @@ def prepare(src: str | Path, out: str | Path, clips_per_shard: int = 256, worker
         tqdm.write(f"warning: ... and {len(listing.warnings) - WARNINGS} more like these", file=sys.stderr)
     sources = part_of(listing.sources, part)
     target = out / part_dir(*part) if part else out
-    settings = {"version": STATE_VERSION, "format": listing.format,
-                "sources": {"count": len(listing.sources), "sha256": listing.fingerprint()},
-                "clips_per_shard": clips_per_shard, "max_duration": float(max_duration),
-                "part": None if part is None else f"{part[0]}/{part[1]}", "encoding": ENCODING}
+    settings = {
+        "version": STATE_VERSION,
+        "format": listing.format,
+        "sources": {"count": len(listing.sources), "sha256": listing.fingerprint()},
+        "clips_per_shard": clips_per_shard,
+        "max_duration": float(max_duration),
+        "part": None if part is None else f"{part[0]}/{part[1]}",
+        "encoding": ENCODING,
+    }
     with lock(target):  # held until the manifest is written
         records = open_state(target, settings)
         shards = [r["shard"] for r in records if r["shard"]]
@@ -541,8 +579,18 @@ def prepare(src: str | Path, out: str | Path, clips_per_shard: int = 256, worker
         consumed = records[-1]["consumed"] if records else 0
         remove_unrecorded_shards(target, shards)
         if consumed < len(sources) or not records:
-            shards += write_shards(target, sources, consumed, len(shards), clips_per_shard, workers, max_duration,
-                                   progress, skipped, missing)
+            shards += write_shards(
+                target,
+                sources,
+                consumed,
+                len(shards),
+                clips_per_shard,
+                workers,
+                max_duration,
+                progress,
+                skipped,
+                missing,
+            )
         if missing:
             (target / MISSING).write_text("".join(f"{name}\n" for name in missing))
         write_manifest(target, shards, listing.label_names, ENCODING, skipped, **manifest_extra(listing, missing, part))
@@ -560,14 +608,28 @@ def manifest_extra(listing: SourceList, missing: list[str], part: tuple[int, int
     return extra
 
 
-def write_shards(target: Path, sources: list[Source], consumed: int, first_shard: int, clips_per_shard: int,
-                 workers: int, max_duration: float, progress: bool, skipped: list[dict], missing: list[str]
-                 ) -> list[dict]:
+def write_shards(
+    target: Path,
+    sources: list[Source],
+    consumed: int,
+    first_shard: int,
+    clips_per_shard: int,
+    workers: int,
+    max_duration: float,
+    progress: bool,
+    skipped: list[dict],
+    missing: list[str],
+) -> list[dict]:
     """Prepares sources[consumed:] into shards numbered from first_shard, recording each finished shard; appends to
     `skipped` and `missing`; returns the new shards."""
     todo = sources[consumed:]
-    results = map_in_order(partial(prepare_clip, max_duration=max_duration),
-                           [s for s in todo if s.path is not None], workers, "prepare", progress)
+    results = map_in_order(
+        partial(prepare_clip, max_duration=max_duration),
+        [s for s in todo if s.path is not None],
+        workers,
+        "prepare",
+        progress,
+    )
     writer, new_skipped, new_missing = ShardWriter(target, clips_per_shard, first_shard), [], []
     for number, source in enumerate(todo, start=consumed + 1):
         if source.path is None:
@@ -596,8 +658,11 @@ def merge(out: str | Path) -> Summary:
     """Writes out/manifest.json over every part out/part-K-of-N; refuses a missing or unfinished part, or parts
     made with other settings."""
     out = Path(out)
-    found = sorted((int(m[1]), int(m[2])) for d in (out.iterdir() if out.is_dir() else [])
-                   if (m := re.fullmatch(r"part-(\d+)-of-(\d+)", d.name)) and d.is_dir())
+    found = sorted(
+        (int(m[1]), int(m[2]))
+        for d in (out.iterdir() if out.is_dir() else [])
+        if (m := re.fullmatch(r"part-(\d+)-of-(\d+)", d.name)) and d.is_dir()
+    )
     if not found:
         raise PrepareError(f"{out}: no part-K-of-N folders (made by prepare --part K/N --out {out})")
     counts = sorted({n for _, n in found})
@@ -615,12 +680,16 @@ def merge(out: str | Path) -> Summary:
         first_settings = first_settings or settings
         name = differing_setting(first_settings, settings)
         if name is not None:
-            raise PrepareError(f"{out}: part {k}/{n} was made with {SETTING_NAMES[name]} "
-                               f"{describe(name, settings.get(name))}, part 1/{n} with "
-                               f"{describe(name, first_settings.get(name))}; prepare every part with the same settings")
+            raise PrepareError(
+                f"{out}: part {k}/{n} was made with {SETTING_NAMES[name]} "
+                f"{describe(name, settings.get(name))}, part 1/{n} with "
+                f"{describe(name, first_settings.get(name))}; prepare every part with the same settings"
+            )
         manifest = read_json(folder / MANIFEST)
-        shards += [{**s, **{name: f"{folder.name}/{s[name]}" for name in ("tar", "index", "verified") if name in s}}
-                   for s in manifest["shards"]]
+        shards += [
+            {**s, **{name: f"{folder.name}/{s[name]}" for name in ("tar", "index", "verified") if name in s}}
+            for s in manifest["shards"]
+        ]
         skipped += manifest["skipped"]
         if (folder / MISSING).is_file():
             missing += (folder / MISSING).read_text().splitlines()
@@ -634,8 +703,9 @@ def merge(out: str | Path) -> Summary:
 
 
 def summary_lines(summary: Summary) -> list[str]:
-    lines = [f"prepared {summary.clips} clips into {summary.shards} shards, skipped {len(summary.skipped)} "
-             f"(see {MANIFEST})"]
+    lines = [
+        f"prepared {summary.clips} clips into {summary.shards} shards, skipped {len(summary.skipped)} (see {MANIFEST})"
+    ]
     if summary.missing:
         lines.append(f"{len(summary.missing)} sources have no download (listed in {summary.out / MISSING})")
     return lines
@@ -646,30 +716,52 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["merge"]:
         return merge_main(argv[1:])
     parser = argparse.ArgumentParser(
-        prog=PROG, description=__doc__.split("\n\n")[0],
+        prog=PROG,
+        description=__doc__.split("\n\n")[0],
         epilog=f"Exit status: 0 when every file became a clip; otherwise the number of skipped files, at most "
-               f"{MAX_EXIT_STATUS} (the files and their reasons are in the manifest's \"skipped\"; missing downloads "
-               f"are listed in {MISSING}, not counted). A run that cannot start (bad arguments or sources, --out of "
-               f"something else or of other settings) exits with 2 and one line naming the problem; an interrupted "
-               f"run (Ctrl-C: 130) resumes when run again with the same arguments. After every --part K/N has "
-               f"finished: {PROG} merge OUT.")
+        f'{MAX_EXIT_STATUS} (the files and their reasons are in the manifest\'s "skipped"; missing downloads '
+        f"are listed in {MISSING}, not counted). A run that cannot start (bad arguments or sources, --out of "
+        f"something else or of other settings) exits with 2 and one line naming the problem; an interrupted "
+        f"run (Ctrl-C: 130) resumes when run again with the same arguments. After every --part K/N has "
+        f"finished: {PROG} merge OUT.",
+    )
     parser.add_argument("src", type=Path, help="a folder of videos, or a CSV (path,labels; AudioSet's; VGGSound's)")
-    parser.add_argument("--out", required=True, type=Path, help="new directory for the shards, or the one of a run "
-                                                                "to resume")
+    parser.add_argument(
+        "--out", required=True, type=Path, help="new directory for the shards, or the one of a run to resume"
+    )
     parser.add_argument("--format", choices=FORMATS, default=None, help="how to read SRC (default: detected)")
     parser.add_argument("--downloads", type=Path, help="AudioSet/VGGSound: the folder of videos named by YTID")
     parser.add_argument("--class-index", type=Path, help="AudioSet's class_labels_indices.csv (label names, order)")
     parser.add_argument("--split", help="VGGSound: keep the rows of this split (train or test)")
     parser.add_argument("--part", help="K/N: prepare the K-th of N parts of the sources into OUT/part-K-of-N")
     parser.add_argument("--clips-per-shard", type=int, default=256)
-    parser.add_argument("--workers", type=int, default=default_workers(),
-                        help="processes (default: the CPUs available); 1 decodes in this process")
-    parser.add_argument("--max-duration", type=float, default=MAX_DURATION,
-                        help=f"seconds; longer files are skipped (default {MAX_DURATION:g})")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        help="processes (default: the CPUs available); 1 decodes in this process",
+    )
+    parser.add_argument(
+        "--max-duration",
+        type=float,
+        default=MAX_DURATION,
+        help=f"seconds; longer files are skipped (default {MAX_DURATION:g})",
+    )
     args = parser.parse_args(argv)
     try:
-        summary = prepare(args.src, args.out, args.clips_per_shard, args.workers, args.max_duration, True,
-                          args.format, args.downloads, args.class_index, args.split, args.part)
+        summary = prepare(
+            args.src,
+            args.out,
+            args.clips_per_shard,
+            args.workers,
+            args.max_duration,
+            True,
+            args.format,
+            args.downloads,
+            args.class_index,
+            args.split,
+            args.part,
+        )
     except (ValueError, OSError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2

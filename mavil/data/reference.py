@@ -1,6 +1,7 @@
 """The reference loader: how the peers load data, and the oracle the DALI pipeline is tested against.
 
-PyAV decodes each clip's frames (converted to RGB as DALI converts, see `yuv420_to_rgb`) and audio on the CPU, `torchaudio.compliance.kaldi.fbank` computes
+PyAV decodes each clip's frames (converted to RGB as DALI converts, see `yuv420_to_rgb`) and audio on the CPU,
+`torchaudio.compliance.kaldi.fbank` computes
 the features clip by clip, torch ops crop, flip and normalise, and a PyTorch DataLoader batches.
 It produces the same batch contract as `pipeline.Loader` from the same shards and `LoaderSpec`, and
 splits the clips over ranks as DALI's first epoch does (contiguous parts). It is the baseline of
@@ -10,6 +11,7 @@ Like the pipeline, it reads only the clips `mavil.data.health` finds usable, and
 audio of several channels is averaged, audio of another rate resampled with torchaudio (see `decode_audio`);
 short clips are padded (audio) and looped (video) by the features below.
 """
+
 from __future__ import annotations
 
 import io
@@ -23,8 +25,7 @@ import torch.nn.functional as F
 
 from ..deps import require
 from .health import DataHealth, ensure_health
-from .pipeline import (IMAGENET_MEAN, IMAGENET_STD, ClipIndex, LoaderSpec, multi_hot, split_clips,
-                       window_layout)
+from .pipeline import IMAGENET_MEAN, IMAGENET_STD, ClipIndex, LoaderSpec, multi_hot, split_clips, window_layout
 from .shards import VIDEO_EXTS, decode_meta
 
 av, torchaudio = require("av"), require("torchaudio")  # missing ones are named with their pip install commands
@@ -66,7 +67,7 @@ def yuv420_to_rgb(planar: np.ndarray) -> np.ndarray:
     return torch.stack([red, green, blue], dim=-1).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-PCM_SCALE = {"s16": 32768.0, "s32": 2.0 ** 31, "flt": 1.0, "dbl": 1.0}  # full scale per sample format
+PCM_SCALE = {"s16": 32768.0, "s32": 2.0**31, "flt": 1.0, "dbl": 1.0}  # full scale per sample format
 RESAMPLING = {"lowpass_filter_width": 16, "rolloff": 1.0}  # DALI's decoder at its default quality (see decode_audio)
 
 
@@ -91,8 +92,16 @@ def channels_first(frame) -> np.ndarray:
 def audio_features(wave: torch.Tensor, spec: LoaderSpec) -> torch.Tensor:
     """(T,) waveform -> (1, audio_frames, mel) normalised fbank, as Audio-MAE's loader computes it."""
     fbank = torchaudio.compliance.kaldi.fbank(
-        (wave - wave.mean())[None], htk_compat=True, sample_frequency=spec.sample_rate, use_energy=False,
-        window_type="hanning", num_mel_bins=spec.mel_bins, dither=0.0, frame_shift=10, frame_length=25)
+        (wave - wave.mean())[None],
+        htk_compat=True,
+        sample_frequency=spec.sample_rate,
+        use_energy=False,
+        window_type="hanning",
+        num_mel_bins=spec.mel_bins,
+        dither=0.0,
+        frame_shift=10,
+        frame_length=25,
+    )
     fbank = F.pad(fbank, (0, 0, 0, max(spec.audio_frames - fbank.shape[0], 0)))[: spec.audio_frames]
     return ((fbank - spec.audio_mean) / (2 * spec.audio_std))[None]
 
@@ -127,7 +136,7 @@ def video_features(frames: np.ndarray, spec: LoaderSpec, rng: np.random.Generato
     """(n, H, W, 3) uint8 -> (3, T, S, S) normalised float: window, crop, resize, flip."""
     clip = torch.from_numpy(frames[window_indices(len(frames), spec, rng)]).permute(0, 3, 1, 2).float()  # (T, 3, H, W)
     top, left, h, w = crop_box(clip.shape[2], clip.shape[3], spec, rng)
-    clip = clip[:, :, top:top + h, left:left + w]
+    clip = clip[:, :, top : top + h, left : left + w]
     if clip.shape[-2:] != (spec.video_size, spec.video_size):
         clip = F.interpolate(clip, size=(spec.video_size, spec.video_size), mode="bilinear", antialias=True)
     if spec.train and rng.random() < spec.flip_prob:
@@ -138,10 +147,18 @@ def video_features(frames: np.ndarray, spec: LoaderSpec, rng: np.random.Generato
 
 
 class ReferenceClips(torch.utils.data.IterableDataset):
-    """One rank's contiguous part of the usable clips (DALI's first-epoch split), split again over DataLoader workers."""
+    """One rank's contiguous part of the usable clips (DALI's first-epoch split), split again over DataLoader
+    workers."""
 
-    def __init__(self, root: str | Path, spec: LoaderSpec, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 health: DataHealth | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        spec: LoaderSpec,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        health: DataHealth | None = None,
+    ):
         self.root, self.spec, self.seed = Path(root), spec, seed
         self.health = health or ensure_health(self.root, progress=False)
         self.manifest = self.health.manifest
@@ -163,19 +180,33 @@ class ReferenceClips(torch.utils.data.IterableDataset):
             wave = wave * 10 ** (rng.uniform(-self.spec.gain_db, self.spec.gain_db) / 20)
         if self.spec.train and self.spec.time_shift:  # "R": the waveform rolled by a shift in [0, length) before the
             wave = torch.roll(wave, int(rng.integers(len(wave))))  # fbank, as Audio-MAE and the pipeline roll it
-        return {"audio": audio_features(wave, self.spec), "video": video_features(decode_video(video), self.spec, rng),
-                "meta": meta}
+        return {
+            "audio": audio_features(wave, self.spec),
+            "video": video_features(decode_video(video), self.spec, rng),
+            "meta": meta,
+        }
 
 
-def reference_loader(root: str | Path, spec: LoaderSpec, rank: int = 0, world_size: int = 1, seed: int = 0,
-                     num_workers: int = 0, health: DataHealth | None = None) -> torch.utils.data.DataLoader:
+def reference_loader(
+    root: str | Path,
+    spec: LoaderSpec,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    num_workers: int = 0,
+    health: DataHealth | None = None,
+) -> torch.utils.data.DataLoader:
     clips = ReferenceClips(root, spec, rank, world_size, seed, health)
     classes = len(clips.manifest["label_names"])
 
     def collate(items: list[dict]) -> dict:
         audio = torch.stack([item["audio"] for item in items])
         metas = [item["meta"] for item in items]
-        return {"audio": audio, "video": split_clips(torch.stack([item["video"] for item in items]), spec),
-                "label": multi_hot(metas, classes), "key": [meta["key"] for meta in metas]}
+        return {
+            "audio": audio,
+            "video": split_clips(torch.stack([item["video"] for item in items]), spec),
+            "label": multi_hot(metas, classes),
+            "key": [meta["key"] for meta in metas],
+        }
 
     return torch.utils.data.DataLoader(clips, batch_size=spec.batch_size, num_workers=num_workers, collate_fn=collate)

@@ -10,6 +10,7 @@ hold disjoint slices of it and together exactly the global draw.
 A clip with no label weighs 0 (the empty sum of the formula, as in the AST/PSLA sampler the paper
 follows) and is never drawn: it carries no positive for the class-balanced objective.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,9 @@ def clip_weights(labels: list[list[int]], num_classes: int) -> torch.Tensor:
     clip_ids = torch.tensor([clip for clip, _ in pairs], dtype=torch.long)  # (P,) one row per (clip, class)
     class_ids = torch.tensor([c for _, c in pairs], dtype=torch.long)  # (P,)
     if len(pairs) and not (0 <= int(class_ids.min()) and int(class_ids.max()) < num_classes):
-        raise ValueError(f"labels: class indices must lie in [0, {num_classes}), got "
-                         f"{int(class_ids.min())}..{int(class_ids.max())}")
+        raise ValueError(
+            f"labels: class indices must lie in [0, {num_classes}), got {int(class_ids.min())}..{int(class_ids.max())}"
+        )
     w = class_weights(torch.bincount(class_ids, minlength=num_classes))  # (C,)
     return torch.zeros(len(labels), dtype=torch.float64).index_add_(0, clip_ids, w[class_ids])
 
@@ -49,29 +51,33 @@ class WeightedDraws:
     (e.g. drop each rank's last partial batch). torch.multinomial takes at most 2**24 clips (AS-2M: 2M).
     """
 
-    def __init__(self, weights: torch.Tensor, draws_per_epoch: int = 200_000, rank: int = 0, world_size: int = 1,
-                 seed: int = 0):
+    def __init__(
+        self, weights: torch.Tensor, draws_per_epoch: int = 200_000, rank: int = 0, world_size: int = 1, seed: int = 0
+    ):
         if weights.dim() != 1 or not torch.isfinite(weights).all() or (weights < 0).any() or not (weights > 0).any():
             raise ValueError("weights: expected a (N,) tensor of finite, non-negative weights, some positive")
         if draws_per_epoch < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"draws_per_epoch={draws_per_epoch}, rank={rank}, world_size={world_size}: "
-                             f"expected draws >= 1 and 0 <= rank < world_size")
+            raise ValueError(
+                f"draws_per_epoch={draws_per_epoch}, rank={rank}, world_size={world_size}: "
+                f"expected draws >= 1 and 0 <= rank < world_size"
+            )
         self.weights = weights.detach().to("cpu", torch.float64)  # (N,) drawn on the CPU: the same on every rank
         self.draws_per_epoch, self.rank, self.world_size, self.seed = draws_per_epoch, rank, world_size, seed
 
     def global_draw(self, epoch: int) -> torch.Tensor:
         """-> (draws_per_epoch,) long, every rank's clip indices of this epoch, identical on all ranks."""
-        return torch.multinomial(self.weights, self.draws_per_epoch, replacement=True,
-                                 generator=epoch_generator(self.seed, epoch))
+        return torch.multinomial(
+            self.weights, self.draws_per_epoch, replacement=True, generator=epoch_generator(self.seed, epoch)
+        )
 
     def epoch(self, epoch: int) -> torch.Tensor:
         """-> this rank's clip indices for the epoch (long): every world_size-th draw from position rank."""
-        return self.global_draw(epoch)[self.rank::self.world_size]
+        return self.global_draw(epoch)[self.rank :: self.world_size]
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The generator of (seed, epoch): the same on every rank, its own stream per epoch."""
-    return torch.Generator().manual_seed((seed * SEED_MULTIPLIER + epoch) % 2 ** SEED_BITS)
+    return torch.Generator().manual_seed((seed * SEED_MULTIPLIER + epoch) % 2**SEED_BITS)
 
 
 class BalancedRepeats:
@@ -84,8 +90,15 @@ class BalancedRepeats:
     world_size-th clip from r, as `WeightedDraws` does.
     """
 
-    def __init__(self, labels: list[list[int]], fraction: float, reference: int | None = None, rank: int = 0,
-                 world_size: int = 1, seed: int = 0):
+    def __init__(
+        self,
+        labels: list[list[int]],
+        fraction: float,
+        reference: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+    ):
         first = torch.tensor([classes[0] if classes else -1 for classes in labels], dtype=torch.long)  # (N,)
         counts = torch.bincount(first[first >= 0]) if (first >= 0).any() else torch.zeros(1, dtype=torch.long)
         reference = int(counts.argmax()) if reference is None else reference
@@ -108,4 +121,4 @@ class BalancedRepeats:
         return order[torch.randperm(len(order), generator=generator)]
 
     def epoch(self, epoch: int) -> torch.Tensor:
-        return self.global_order(epoch)[self.rank::self.world_size]
+        return self.global_order(epoch)[self.rank :: self.world_size]

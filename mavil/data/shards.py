@@ -19,6 +19,7 @@ manifest.json: {"version", "clips", "shards": [{"tar", "index", "clips", "verifi
                 (downloads not there), "merged" (sources listed more than once). A shard's tar and index are paths
                 relative to the directory: a merge of `prepare --part` runs names them part-K-of-N/shard-....
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -67,8 +68,9 @@ class ShardWriter:
         self._index_lines: list[str] = []
         self._verified: dict[str, dict] = {}  # the open shard's verified clips: key -> sidecar record
 
-    def add(self, key: str, video: bytes, video_ext: str, audio: bytes, meta: dict, facts: list[int] | None = None
-            ) -> None:
+    def add(
+        self, key: str, video: bytes, video_ext: str, audio: bytes, meta: dict, facts: list[int] | None = None
+    ) -> None:
         """facts: [sample rate, channels, samples, frames] that the caller decoded from these very bytes
         (`mavil.data.verify.clip_facts`; prepare does it in its workers), recorded with each member's size and digest
         in the shard's sidecar. None: decoded here (with `verify`); a clip that does not decode is written unrecorded,
@@ -87,8 +89,12 @@ class ShardWriter:
             except Bad:
                 facts = None
         if facts is not None:
-            self._verified[key] = {"members": {ext: member_record(data) for ext, data in members}, "facts": facts,
-                                   "labels": meta.get("labels", []), "duration": meta.get("duration")}
+            self._verified[key] = {
+                "members": {ext: member_record(data) for ext, data in members},
+                "facts": facts,
+                "labels": meta.get("labels", []),
+                "duration": meta.get("duration"),
+            }
 
     def add_members(self, key: str, members: list[tuple[str, bytes]]) -> None:
         """One clip as the given (extension, bytes) members, unchecked: `add` checks a complete clip first; the
@@ -155,8 +161,10 @@ def read_index(path: str | Path) -> list[str]:
 def index_members(line: str) -> dict[str, tuple[int, int, str]]:
     """One clip line of an index -> {extension: (data offset, size, member name)}."""
     fields = line.split()
-    return {ext: (int(offset), int(size), name)
-            for ext, offset, size, name in zip(fields[0::4], fields[1::4], fields[2::4], fields[3::4])}
+    return {
+        ext: (int(offset), int(size), name)
+        for ext, offset, size, name in zip(fields[0::4], fields[1::4], fields[2::4], fields[3::4])
+    }
 
 
 def read_verified(root: str | Path, shard: dict) -> dict[str, dict]:
@@ -172,11 +180,19 @@ def read_verified(root: str | Path, shard: dict) -> dict[str, dict]:
     return clips if isinstance(clips, dict) else {}
 
 
-def write_manifest(out_dir: str | Path, shards: list[dict], label_names: list[str], encoding: dict,
-                   skipped: list[dict], **extra) -> Path:
+def write_manifest(
+    out_dir: str | Path, shards: list[dict], label_names: list[str], encoding: dict, skipped: list[dict], **extra
+) -> Path:
     """extra: further top-level fields (prepare's label_ids, missing, merged duplicates, part)."""
-    manifest = {"version": FORMAT_VERSION, "clips": sum(s["clips"] for s in shards), "shards": shards,
-                "label_names": label_names, "encoding": encoding, "skipped": skipped, **extra}
+    manifest = {
+        "version": FORMAT_VERSION,
+        "clips": sum(s["clips"] for s in shards),
+        "shards": shards,
+        "label_names": label_names,
+        "encoding": encoding,
+        "skipped": skipped,
+        **extra,
+    }
     path = Path(out_dir) / MANIFEST
     path.write_text(json.dumps(manifest, indent=1) + "\n")
     return path
@@ -186,12 +202,16 @@ def read_manifest(root: str | Path) -> dict:
     """The manifest of a shard directory; errors name the directory and what is missing."""
     path = Path(root) / MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(f"{root}: no {MANIFEST}: not a shard directory (make one with python -m mavil.data.prepare "
-                                f"or python -m mavil.data.synthetic)")
+        raise FileNotFoundError(
+            f"{root}: no {MANIFEST}: not a shard directory (make one with python -m mavil.data.prepare "
+            f"or python -m mavil.data.synthetic)"
+        )
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{root}: {MANIFEST} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+        raise ValueError(
+            f"{root}: {MANIFEST} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})"
+        ) from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("label_names"), list):
         raise ValueError(f"{root}: {MANIFEST} is not a shard manifest (no list of label_names)")
     if not manifest.get("shards"):

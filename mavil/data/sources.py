@@ -22,6 +22,7 @@ Rules every format keeps (a broken rule is a `SourceError`, one line naming the 
     is cut to [start, end); a shorter one is the segment already cut, and its first end - start seconds are used
     (decided per file when it is decoded, from the container's duration)
 """
+
 from __future__ import annotations
 
 import csv
@@ -122,7 +123,7 @@ def not_utf8(table: Path) -> str:
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as error:
-        return f"byte 0x{data[error.start]:02x} on line {data[:error.start].count(10) + 1}"
+        return f"byte 0x{data[error.start]:02x} on line {data[: error.start].count(10) + 1}"
     return "invalid UTF-8"
 
 
@@ -153,13 +154,16 @@ def split_labels(table: Path, line: int, cell: str, separator: str) -> list[str]
     text = cell.strip()
     if text[:1] in "[({" and text[-1:] in "])}" and text:
         names = [name.strip(QUOTES) for name in re.split("[,;]", text[1:-1])]
-        raise SourceError(f"{table}, line {line}: labels {text!r} look like a list literal; write them as "
-                          f"{separator.join(names)}")
+        raise SourceError(
+            f"{table}, line {line}: labels {text!r} look like a list literal; write them as {separator.join(names)}"
+        )
     labels = [label.strip() for label in text.split(separator)]
     for label in labels:
         if not label:
-            raise SourceError(f"{table}, line {line}: an empty label in {text!r} (labels are separated by "
-                              f"{separator!r}, each non-empty)")
+            raise SourceError(
+                f"{table}, line {line}: an empty label in {text!r} (labels are separated by "
+                f"{separator!r}, each non-empty)"
+            )
         if label[0] in "'\"[" or label[-1] in "'\"]":
             raise SourceError(f"{table}, line {line}: label {label!r} is quoted or bracketed; write the bare name")
     return labels
@@ -171,8 +175,10 @@ def check_case(table: Path, first_seen: dict[str, int]) -> None:
     for name in sorted(first_seen, key=first_seen.get):
         other = folded.setdefault(name.casefold(), name)
         if other != name:
-            raise SourceError(f"{table}: labels {other!r} (line {first_seen[other]}) and {name!r} (line "
-                              f"{first_seen[name]}) differ only in case; labels are case-sensitive: write one spelling")
+            raise SourceError(
+                f"{table}: labels {other!r} (line {first_seen[other]}) and {name!r} (line "
+                f"{first_seen[name]}) differ only in case; labels are case-sensitive: write one spelling"
+            )
 
 
 def read_class_index(path: Path) -> tuple[list[str], list[str]]:
@@ -193,8 +199,9 @@ def read_class_index(path: Path) -> tuple[list[str], list[str]]:
     return mids, names
 
 
-def number_labels(table: Path, rows: list[tuple[int, list[str]]], class_index: Path | None,
-                  check_letter_case: bool) -> tuple[list[list[int]], list[str], list[str]]:
+def number_labels(
+    table: Path, rows: list[tuple[int, list[str]]], class_index: Path | None, check_letter_case: bool
+) -> tuple[list[list[int]], list[str], list[str]]:
     """Each row's label names as sorted class numbers, the label names and (with a class index) the mids."""
     if class_index is not None:
         mids, names = read_class_index(class_index)
@@ -202,8 +209,9 @@ def number_labels(table: Path, rows: list[tuple[int, list[str]]], class_index: P
         for line, labels in rows:
             for label in labels:
                 if label not in number:
-                    raise SourceError(f"{table}, line {line}: label {label!r} is neither a mid nor a display name "
-                                      f"of {class_index}")
+                    raise SourceError(
+                        f"{table}, line {line}: label {label!r} is neither a mid nor a display name of {class_index}"
+                    )
         return [sorted({number[n] for n in labels}) for _, labels in rows], names, mids
     first_seen: dict[str, int] = {}
     for line, labels in rows:
@@ -216,8 +224,9 @@ def number_labels(table: Path, rows: list[tuple[int, list[str]]], class_index: P
     return [sorted({number[n] for n in labels}) for _, labels in rows], names, []
 
 
-def merge_duplicates(identities: list, lines: list[int], labels: list[list[int]]) -> tuple[list[int], list[list[int]],
-                                                                                              list[list[int]]]:
+def merge_duplicates(
+    identities: list, lines: list[int], labels: list[list[int]]
+) -> tuple[list[int], list[list[int]], list[list[int]]]:
     """Rows with the same identity as one: (first row of each, the union of their labels, the lines of each)."""
     first: dict = {}
     for row, identity in enumerate(identities):
@@ -231,22 +240,27 @@ def merge_duplicates(identities: list, lines: list[int], labels: list[list[int]]
     return rows, [sorted(union[row]) for row in rows], [where[row] for row in rows]
 
 
-def duplicate_notes(table: Path, names: list[str], lines: list[list[int]], label_names: list[str],
-                    labels: list[list[int]]) -> tuple[list[dict], list[str]]:
+def duplicate_notes(
+    table: Path, names: list[str], lines: list[list[int]], label_names: list[str], labels: list[list[int]]
+) -> tuple[list[dict], list[str]]:
     merged, warnings = [], []
     for name, where, numbers in zip(names, lines, labels):
         if len(where) > 1:
             merged.append({"source": name, "lines": where})
             shown = ";".join(label_names[n] for n in numbers) or "none"
-            warnings.append(f"{table}: lines {', '.join(map(str, where))} list {name}: kept once, with the labels of "
-                            f"all ({shown})")
+            warnings.append(
+                f"{table}: lines {', '.join(map(str, where))} list {name}: kept once, with the labels of all ({shown})"
+            )
     return merged, warnings
 
 
 # the formats
 def folder_sources(root: Path) -> SourceList:
-    names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    names = sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
     if not names:
         raise SourceError(f"{root}: no files in it (names starting with '.' are ignored)")
     return SourceList("folder", [Source(root / n, k, n) for n, k in zip(names, sanitised_keys(names))], [])
@@ -272,8 +286,10 @@ def csv_sources(table: Path, class_index: Path | None = None) -> SourceList:
     names, cells, lines = [], [], []
     for line, row in rows[1:]:
         if len(row) != len(header):
-            raise SourceError(f"{table}, line {line}: {len(row)} fields where the header has {len(header)}; quote a "
-                              f"cell that holds a ',' (labels are separated by ';')")
+            raise SourceError(
+                f"{table}, line {line}: {len(row)} fields where the header has {len(header)}; quote a "
+                f"cell that holds a ',' (labels are separated by ';')"
+            )
         if not row[path_col].strip():
             raise SourceError(f"{table}, line {line}: no path")
         names.append(row[path_col].strip())
@@ -283,12 +299,16 @@ def csv_sources(table: Path, class_index: Path | None = None) -> SourceList:
     row_labels = []
     for line, name, cell in zip(lines, names, cells):
         if labeled and not cell:
-            raise SourceError(f"{table}, line {line}: no labels for {name} (other rows have labels: in a labeled set "
-                              f"every clip needs one)")
+            raise SourceError(
+                f"{table}, line {line}: no labels for {name} (other rows have labels: in a labeled set "
+                f"every clip needs one)"
+            )
         labels = split_labels(table, line, cell, ";") if cell else []
         if class_index is None and any("," in label for label in labels):
-            raise SourceError(f"{table}, line {line}: label {next(n for n in labels if ',' in n)!r} holds a ','; "
-                              f"labels are separated by ';' (a class name with a ',' needs --class-index)")
+            raise SourceError(
+                f"{table}, line {line}: label {next(n for n in labels if ',' in n)!r} holds a ','; "
+                f"labels are separated by ';' (a class name with a ',' needs --class-index)"
+            )
         row_labels.append((line, labels))
     numbers, label_names, label_ids = number_labels(table, row_labels, class_index, check_letter_case=True)
     paths = [table.parent / name for name in names]  # absolute names stay absolute
@@ -320,21 +340,31 @@ def download_index(folder: Path) -> tuple[dict[str, Path], list[str]]:
     return files, doubles
 
 
-def segment_sources(fmt: str, table: Path, downloads: Path, rows: list[tuple[int, str, str, float, float, list[str]]],
-                    class_index: Path | None, keep_row: list[bool]) -> SourceList:
+def segment_sources(
+    fmt: str,
+    table: Path,
+    downloads: Path,
+    rows: list[tuple[int, str, str, float, float, list[str]]],
+    class_index: Path | None,
+    keep_row: list[bool],
+) -> SourceList:
     """rows: (line, ytid, name, start, end, labels) -> sources; only rows with keep_row count (label names are made
     from every row)."""
-    numbers, label_names, label_ids = number_labels(table, [(r[0], r[5]) for r in rows], class_index,
-                                                    check_letter_case=class_index is None)
+    numbers, label_names, label_ids = number_labels(
+        table, [(r[0], r[5]) for r in rows], class_index, check_letter_case=class_index is None
+    )
     rows = [(*row[:5], labels) for row, labels, keep in zip(rows, numbers, keep_row) if keep]
-    keep, labels, where = merge_duplicates([(r[1], r[3], r[4]) for r in rows], [r[0] for r in rows],
-                                           [r[5] for r in rows])
+    keep, labels, where = merge_duplicates(
+        [(r[1], r[3], r[4]) for r in rows], [r[0] for r in rows], [r[5] for r in rows]
+    )
     rows = [rows[i] for i in keep]
     merged, warnings = duplicate_notes(table, [r[2] for r in rows], where, label_names, labels)
     files, doubles = download_index(downloads)
     keys = ytid_keys([r[1] for r in rows])
-    sources = [Source(files.get(ytid), key, name, ls, (start, end))
-               for (_, ytid, name, start, end, _), key, ls in zip(rows, keys, labels)]
+    sources = [
+        Source(files.get(ytid), key, name, ls, (start, end))
+        for (_, ytid, name, start, end, _), key, ls in zip(rows, keys, labels)
+    ]
     return SourceList(fmt, sources, label_names, label_ids, merged, warnings + doubles)
 
 
@@ -350,13 +380,17 @@ def seconds(table: Path, line: int, text: str, what: str) -> float:
 
 def audioset_sources(table: Path, downloads: Path | None, class_index: Path | None) -> SourceList:
     if class_index is None or downloads is None:
-        raise SourceError(f"{table}: an AudioSet segment CSV needs --class-index (class_labels_indices.csv) and "
-                          f"--downloads (the folder of downloaded videos)")
+        raise SourceError(
+            f"{table}: an AudioSet segment CSV needs --class-index (class_labels_indices.csv) and "
+            f"--downloads (the folder of downloaded videos)"
+        )
     rows = []
     for line, row in read_rows(table, comments=True, skip_space=True):
         if len(row) != 4:
-            raise SourceError(f"{table}, line {line}: {len(row)} fields; an AudioSet segment row is YTID, "
-                              f"start_seconds, end_seconds, \"mid,mid\"")
+            raise SourceError(
+                f"{table}, line {line}: {len(row)} fields; an AudioSet segment row is YTID, "
+                f'start_seconds, end_seconds, "mid,mid"'
+            )
         ytid, start_text, end_text, cell = (cell.strip() for cell in row)
         start, end = seconds(table, line, start_text, "start"), seconds(table, line, end_text, "end")
         if not ytid or end <= start:
@@ -390,8 +424,13 @@ def vggsound_sources(table: Path, downloads: Path | None, split: str | None) -> 
     return segment_sources("vggsound", table, downloads, rows, None, [split in (None, s) for s in splits])
 
 
-def read_sources(src: Path, fmt: str | None = None, downloads: Path | None = None, class_index: Path | None = None,
-                 split: str | None = None) -> SourceList:
+def read_sources(
+    src: Path,
+    fmt: str | None = None,
+    downloads: Path | None = None,
+    class_index: Path | None = None,
+    split: str | None = None,
+) -> SourceList:
     """The sources of `src` in format `fmt` (None: detected, see `detect_format`)."""
     if not src.exists():
         raise SourceError(f"{src}: no such file or folder")

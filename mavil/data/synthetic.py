@@ -17,6 +17,7 @@ same bytes whatever the number of workers.
 `ensure_synthetic` generates a set once into a cache directory and reuses it; the engines call it
 when a config names no data.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,7 +39,7 @@ from mavil.data.shards import MANIFEST, ShardWriter, write_manifest
 
 FRAME_WIDTH = 320  # frames are SHORT_SIDE x FRAME_WIDTH (256 x 320)
 SHAPES = ("disc", "square", "triangle", "cross", "ring", "diamond", "ellipse", "saltire")
-GOLDEN = (5 ** 0.5 - 1) / 2  # steps of the golden ratio spread any number of classes evenly over [0, 1)
+GOLDEN = (5**0.5 - 1) / 2  # steps of the golden ratio spread any number of classes evenly over [0, 1)
 F0_LOWEST, F0_OCTAVES = 110.0, 4  # fundamentals from 110 Hz to 1760 Hz
 HARMONICS = 8
 HIGHEST_PARTIAL = 7500.0  # Hz: partials above are dropped (below the 8 kHz Nyquist frequency)
@@ -98,8 +99,11 @@ def synthesize_audio(style: ClassStyle, onsets: np.ndarray, rng: np.random.Gener
     samples = duration * SAMPLE_RATE
     t = np.arange(samples) / SAMPLE_RATE
     phases = rng.uniform(0, 2 * np.pi, HARMONICS)
-    tone = sum(w * np.sin(2 * np.pi * h * style.f0 * t + p)
-               for h, (w, p) in enumerate(zip(style.harmonics, phases), start=1) if w > 0)
+    tone = sum(
+        w * np.sin(2 * np.pi * h * style.f0 * t + p)
+        for h, (w, p) in enumerate(zip(style.harmonics, phases), start=1)
+        if w > 0
+    )
     tone /= np.abs(tone).max()
     amplitudes = rng.uniform(0.5, 1.0, len(onsets))
     envelope = event_envelope(onsets, amplitudes, style.decay, samples)
@@ -109,15 +113,17 @@ def synthesize_audio(style: ClassStyle, onsets: np.ndarray, rng: np.random.Gener
 
 def shape_mask(shape: str, radius: int) -> np.ndarray:
     """(2r+1, 2r+1) bool: the shape inscribed in a square of side 2r+1."""
-    y, x = np.mgrid[-radius:radius + 1, -radius:radius + 1] / radius  # in [-1, 1], y down
-    masks = {"disc": x ** 2 + y ** 2 <= 1,
-             "square": np.maximum(abs(x), abs(y)) <= 0.8,
-             "triangle": (y <= 0.8) & (abs(x) <= (y + 1) / 1.8),
-             "cross": (abs(x) <= 0.3) | (abs(y) <= 0.3),
-             "ring": (x ** 2 + y ** 2 <= 1) & (x ** 2 + y ** 2 >= 0.55 ** 2),
-             "diamond": abs(x) + abs(y) <= 1,
-             "ellipse": x ** 2 + (y / 0.5) ** 2 <= 1,
-             "saltire": (np.maximum(abs(x), abs(y)) <= 0.8) & ((abs(x - y) <= 0.4) | (abs(x + y) <= 0.4))}
+    y, x = np.mgrid[-radius : radius + 1, -radius : radius + 1] / radius  # in [-1, 1], y down
+    masks = {
+        "disc": x**2 + y**2 <= 1,
+        "square": np.maximum(abs(x), abs(y)) <= 0.8,
+        "triangle": (y <= 0.8) & (abs(x) <= (y + 1) / 1.8),
+        "cross": (abs(x) <= 0.3) | (abs(y) <= 0.3),
+        "ring": (x**2 + y**2 <= 1) & (x**2 + y**2 >= 0.55**2),
+        "diamond": abs(x) + abs(y) <= 1,
+        "ellipse": x**2 + (y / 0.5) ** 2 <= 1,
+        "saltire": (np.maximum(abs(x), abs(y)) <= 0.8) & ((abs(x - y) <= 0.4) | (abs(x + y) <= 0.4)),
+    }
     return masks[shape]
 
 
@@ -139,13 +145,21 @@ def background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """(H, W, 3) float: a dark, muted colour with two faint gratings as texture."""
     base = np.array(colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.2, 0.4), rng.uniform(0.2, 0.4))) * 255
     y, x = np.mgrid[0:height, 0:width]
-    texture = sum(6 * np.sin(2 * np.pi * (fy * y + fx * x) + phase)
-                  for fy, fx, phase in rng.uniform([-0.05, -0.05, 0], [0.05, 0.05, 2 * np.pi], (2, 3)))
+    texture = sum(
+        6 * np.sin(2 * np.pi * (fy * y + fx * x) + phase)
+        for fy, fx, phase in rng.uniform([-0.05, -0.05, 0], [0.05, 0.05, 2 * np.pi], (2, 3))
+    )
     return base + texture[..., None]
 
 
-def render_video(style: ClassStyle, onsets: np.ndarray, rng: np.random.Generator, frames: int,
-                 height: int = SHORT_SIDE, width: int = FRAME_WIDTH) -> np.ndarray:
+def render_video(
+    style: ClassStyle,
+    onsets: np.ndarray,
+    rng: np.random.Generator,
+    frames: int,
+    height: int = SHORT_SIDE,
+    width: int = FRAME_WIDTH,
+) -> np.ndarray:
     """(frames, H, W, 3) uint8: the class object on the clip's background, moving and flashing at each onset."""
     radius = int(rng.integers(*OBJECT_RADIUS))
     mask = shape_mask(style.shape, radius)  # (2r+1, 2r+1)
@@ -157,7 +171,7 @@ def render_video(style: ClassStyle, onsets: np.ndarray, rng: np.random.Generator
     video = np.repeat(scene[None], frames, axis=0)
     for i, frame in enumerate(video):
         (y, x) = positions[np.searchsorted(onsets, i, side="right")]  # the place after the events so far
-        patch = frame[y - radius:y + radius + 1, x - radius:x + radius + 1]
+        patch = frame[y - radius : y + radius + 1, x - radius : x + radius + 1]
         patch[mask] = flash if i in flashing else colour
     return video
 
@@ -171,13 +185,26 @@ def make_clip(index: int, classes: int, seed: int, duration: int) -> tuple[str, 
     onsets = onset_frames(rng, frames)  # (E,) frame indices
     waveform = synthesize_audio(style, onsets * (SAMPLE_RATE // VIDEO_FPS), rng, duration)
     video = render_video(style, onsets, rng, frames)
-    meta = {"labels": [label], "duration": duration, "frames": frames, "source": "synthetic",
-            "onsets": [float(i / VIDEO_FPS) for i in onsets]}
+    meta = {
+        "labels": [label],
+        "duration": duration,
+        "frames": frames,
+        "source": "synthetic",
+        "onsets": [float(i / VIDEO_FPS) for i in onsets],
+    }
     return f"syn{seed}-{index:07d}", encode_video(video), encode_audio(waveform), meta
 
 
-def generate(out: str | Path, clips: int, classes: int, seed: int, duration: int = 10,
-             clips_per_shard: int = 64, workers: int = 2, progress: bool = True) -> Path:
+def generate(
+    out: str | Path,
+    clips: int,
+    classes: int,
+    seed: int,
+    duration: int = 10,
+    clips_per_shard: int = 64,
+    workers: int = 2,
+    progress: bool = True,
+) -> Path:
     """Writes the set's shards and manifest into `out` (absent or empty); returns the manifest's path."""
     duration = checked_duration(duration)
     check_arguments(clips, classes, seed)
@@ -188,8 +215,16 @@ def generate(out: str | Path, clips: int, classes: int, seed: int, duration: int
     make = partial(make_clip, classes=classes, seed=seed, duration=duration)
     for key, video, audio, meta in map_in_order(make, range(clips), workers, "synthetic", progress):
         writer.add(key, video, "webm", audio, meta)
-    encoding = {**ENCODING, "synthetic": {"seed": seed, "classes": classes, "clips": clips, "duration": duration,
-                                          "frame_size": [SHORT_SIDE, FRAME_WIDTH]}}
+    encoding = {
+        **ENCODING,
+        "synthetic": {
+            "seed": seed,
+            "classes": classes,
+            "clips": clips,
+            "duration": duration,
+            "frame_size": [SHORT_SIDE, FRAME_WIDTH],
+        },
+    }
     label_names = [f"class-{k:02d}" for k in range(classes)]
     return write_manifest(out, writer.close(), label_names, encoding, skipped=[])
 
@@ -213,8 +248,15 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MAVIL_CACHE") or Path.home() / ".cache" / "mavil")
 
 
-def ensure_synthetic(cache_dir: str | Path | None = None, clips: int = 64, classes: int = 8, seed: int = 0,
-                     duration: int = 10, *, workers: int | None = None) -> Path:
+def ensure_synthetic(
+    cache_dir: str | Path | None = None,
+    clips: int = 64,
+    classes: int = 8,
+    seed: int = 0,
+    duration: int = 10,
+    *,
+    workers: int | None = None,
+) -> Path:
     """The directory of the synthetic set with these parameters, generated on the first call only.
 
     Lives in cache_dir/synthetic-<clips>-<classes>-<seed>-<duration> (cache_dir None: default_cache_dir());
@@ -250,8 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:
-        manifest = generate(args.out, args.clips, args.classes, args.seed, args.duration, args.clips_per_shard,
-                            args.workers)
+        manifest = generate(
+            args.out, args.clips, args.classes, args.seed, args.duration, args.clips_per_shard, args.workers
+        )
     except (ValueError, FileExistsError) as error:
         parser.error(str(error))
     seconds = time.perf_counter() - started

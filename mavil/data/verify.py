@@ -8,6 +8,7 @@ rate, channels, samples, frames], "labels": [...], "duration": seconds}}}.
 A clip is trusted only when every member its index line lists is there with the recorded size and digest; any other
 clip (no record, other bytes, other members) is decoded in full.
 """
+
 from __future__ import annotations
 
 import io
@@ -16,7 +17,6 @@ from mavil.data.shards import META_BYTES, decode_meta, member_record  # noqa: F4
 from mavil.deps import require
 
 av = require("av")  # PyAV; a missing one is named with its pip requirement and install command
-
 
 
 class Bad(Exception):

@@ -2,6 +2,7 @@
 
 Imports `mavil.config` and `mavil.kernels`; knows no data pipeline and no engine.
 """
+
 from .mavil import MAViL, Backbone
 from .weights import build_model, load_teacher, read_weights, save_weights
 

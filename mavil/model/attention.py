@@ -21,6 +21,7 @@ warning says why, once per process (xformers' own import-time warning is muted: 
 "xformers" where it cannot run is an error; the engine refuses it before any work (`why_xformers_unavailable`).
 (B, L, H, Dh) is xformers' layout and what the fused qkv projection yields without a copy.
 """
+
 from __future__ import annotations
 
 import functools
@@ -83,8 +84,10 @@ def _extension_failure() -> str | None:
     else:
         cuda = f"CUDA {info.cuda_version // 100}.{info.cuda_version % 100}" if info.cuda_version else "no CUDA"
         built = f"built for torch {info.torch_version} with {cuda} and Python {info.python_version}"
-    return (f"xformers {xformers.__version__}'s C++/CUDA extension does not load ({built}; this is torch "
-            f"{torch.__version__} with CUDA {torch.version.cuda})")
+    return (
+        f"xformers {xformers.__version__}'s C++/CUDA extension does not load ({built}; this is torch "
+        f"{torch.__version__} with CUDA {torch.version.cuda})"
+    )
 
 
 def xformers_attention_ops() -> dict[str, bool]:
@@ -109,8 +112,10 @@ def why_xformers_unavailable(device_type: str) -> str | None:
     reasons = [_extension_failure()]
     ops = xformers_attention_ops()
     if not any(ops.values()):
-        reasons.append(f"its memory_efficient_attention would run only PyTorch's own kernels "
-                       f"({', '.join(ops) or 'none available'}), which sdpa runs without it")
+        reasons.append(
+            f"its memory_efficient_attention would run only PyTorch's own kernels "
+            f"({', '.join(ops) or 'none available'}), which sdpa runs without it"
+        )
     reasons = [reason for reason in reasons if reason]
     return "; ".join(reasons) if reasons else None
 
@@ -122,8 +127,10 @@ def _probe(device_type: str, dtype: torch.dtype, head_dim: int) -> str | None:
     from xformers.ops import fmha
 
     generator = torch.Generator(device_type).manual_seed(0)
-    q, k, v = (torch.randn(2, 33, 2, head_dim, device=device_type, dtype=dtype, generator=generator)
-               .requires_grad_() for _ in range(3))
+    q, k, v = (
+        torch.randn(2, 33, 2, head_dim, device=device_type, dtype=dtype, generator=generator).requires_grad_()
+        for _ in range(3)
+    )
     try:
         inputs = fmha.Inputs(query=q, key=k, value=v)
         chosen = [fmha._dispatch_fw(inputs, True).NAME, fmha._dispatch_bw(inputs, None).NAME]
@@ -131,8 +138,10 @@ def _probe(device_type: str, dtype: torch.dtype, head_dim: int) -> str | None:
         return f"no memory_efficient_attention kernel for {dtype} with head size {head_dim}: {err}"
     borrowed = [name for name in chosen if name.endswith(PYTORCH_OP_SUFFIX)]
     if borrowed:
-        return (f"memory_efficient_attention would run PyTorch's own kernels for {dtype} with head size {head_dim} "
-                f"({', '.join(borrowed)}), which sdpa runs without it")
+        return (
+            f"memory_efficient_attention would run PyTorch's own kernels for {dtype} with head size {head_dim} "
+            f"({', '.join(borrowed)}), which sdpa runs without it"
+        )
     try:
         out = xformers.ops.memory_efficient_attention(q, k, v)
         grad_out = torch.randn(out.shape, device=device_type, dtype=dtype, generator=generator)
@@ -143,8 +152,10 @@ def _probe(device_type: str, dtype: torch.dtype, head_dim: int) -> str | None:
         for name, a, b in zip(("output", "dq", "dk", "dv"), got, want):
             torch.testing.assert_close(a.float(), b.float(), rtol=tol, atol=tol, msg=lambda m, n=name: f"{n}: {m}")
     except Exception as err:  # noqa: BLE001
-        return f"memory_efficient_attention ({' / '.join(chosen)}) fails its probe for {dtype} with head size " \
-               f"{head_dim}: {err}"
+        return (
+            f"memory_efficient_attention ({' / '.join(chosen)}) fails its probe for {dtype} with head size "
+            f"{head_dim}: {err}"
+        )
     return None
 
 
@@ -169,8 +180,15 @@ def resolve_backend(backend: str, device_type: str, dtype: torch.dtype, head_dim
         raise RuntimeError(f"attention backend 'xformers' cannot run: {reason}. Use 'auto' or 'sdpa'.")
     chosen = ("sdpa" if reason else "xformers") if backend == "auto" else backend
     warn = bool(reason) and device_type == "cuda"  # a GPU run that could be faster: the warning says why
-    log.info("attention: %s -> %s for %s %s, head size %d%s", backend, chosen, device_type,
-             str(dtype).removeprefix("torch."), head_dim, f" ({reason})" if reason and not warn else "")
+    log.info(
+        "attention: %s -> %s for %s %s, head size %d%s",
+        backend,
+        chosen,
+        device_type,
+        str(dtype).removeprefix("torch."),
+        head_dim,
+        f" ({reason})" if reason and not warn else "",
+    )
     if warn:
         _warn_fallback(reason)
     return chosen

@@ -20,6 +20,7 @@ fusion); `expert_problems` names every way a model's states would differ in the 
 would fail silently under a non-strict load, `to_avsuperb` checks every produced key and shape against
 `expected_layout` and maps or deliberately drops every key of ours.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,19 +33,51 @@ from .classifier import Classifier
 from .mavil import Backbone, MAViL
 
 ENCODERS = {"audio_encoder": "", "video_encoder": "_v"}  # ours -> their suffix
-BLOCK_TENSORS = ("norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
-                 "attn.proj.bias", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias",
-                 "mlp.fc2.weight", "mlp.fc2.bias")
+BLOCK_TENSORS = (
+    "norm1.weight",
+    "norm1.bias",
+    "attn.qkv.weight",
+    "attn.qkv.bias",
+    "attn.proj.weight",
+    "attn.proj.bias",
+    "norm2.weight",
+    "norm2.bias",
+    "mlp.fc1.weight",
+    "mlp.fc1.bias",
+    "mlp.fc2.weight",
+    "mlp.fc2.bias",
+)
 # What the expert's constructor builds (vitmm_base_patch16, n_frm=8, 1024 x 128 audio, num_classes=527)
-EXPERT_MODEL = {"encoder_dim": 768, "encoder_depth": 12, "encoder_heads": 12, "mlp_ratio": 4.0,
-                "audio_frames": 1024, "audio_mel_bins": 128, "audio_patch": [16, 16],
-                "video_frames": 8, "video_size": 224, "video_patch": [2, 16, 16]}
+EXPERT_MODEL = {
+    "encoder_dim": 768,
+    "encoder_depth": 12,
+    "encoder_heads": 12,
+    "mlp_ratio": 4.0,
+    "audio_frames": 1024,
+    "audio_mel_bins": 128,
+    "audio_patch": [16, 16],
+    "video_frames": 8,
+    "video_size": 224,
+    "video_patch": [2, 16, 16],
+}
 EXPERT_CLASSES = 527
 
 
 def _block_shapes(prefix: str, dim: int, hidden: int) -> dict[str, tuple[int, ...]]:
-    shapes = [(dim,), (dim,), (3 * dim, dim), (3 * dim,), (dim, dim), (dim,), (dim,), (dim,), (hidden, dim),
-              (hidden,), (dim, hidden), (dim,)]
+    shapes = [
+        (dim,),
+        (dim,),
+        (3 * dim, dim),
+        (3 * dim,),
+        (dim, dim),
+        (dim,),
+        (dim,),
+        (dim,),
+        (hidden, dim),
+        (hidden,),
+        (dim, hidden),
+        (dim,),
+    ]
     return {f"{prefix}.{name}": shape for name, shape in zip(BLOCK_TENSORS, shapes)}
 
 
@@ -53,17 +86,31 @@ def expected_layout(cfg: ModelConfig, fusion_depth: int, classes: int | None = N
     with `classes`, the fine-tuned audio+video head too (fc_norm_av, head_av)."""
     dim, hidden = cfg.encoder_dim, int(cfg.encoder_dim * cfg.mlp_ratio)
     layout = {}
-    for suffix, chans, patch, tokens in (("", 1, cfg.audio_patch, cfg.audio_tokens),
-                                         ("_v", 3, cfg.video_patch, cfg.video_tokens)):
-        layout.update({f"patch_embed{suffix}.proj.weight": (dim, chans, *patch),
-                       f"patch_embed{suffix}.proj.bias": (dim,), f"cls_token{suffix}": (1, 1, dim), f"pos_embed{suffix}": (1, 1 + tokens, dim)})
+    for suffix, chans, patch, tokens in (
+        ("", 1, cfg.audio_patch, cfg.audio_tokens),
+        ("_v", 3, cfg.video_patch, cfg.video_tokens),
+    ):
+        layout.update(
+            {
+                f"patch_embed{suffix}.proj.weight": (dim, chans, *patch),
+                f"patch_embed{suffix}.proj.bias": (dim,),
+                f"cls_token{suffix}": (1, 1, dim),
+                f"pos_embed{suffix}": (1, 1 + tokens, dim),
+            }
+        )
         for n in range(cfg.encoder_depth):
             layout.update(_block_shapes(f"blocks{suffix}.{n}", dim, hidden))
     for n in range(fusion_depth):
         layout.update(_block_shapes(f"blocks_av.{n}", dim, hidden))
     if classes is not None:
-        layout.update({"fc_norm_av.weight": (2 * dim,), "fc_norm_av.bias": (2 * dim,),
-                       "head_av.weight": (classes, 2 * dim), "head_av.bias": (classes,)})
+        layout.update(
+            {
+                "fc_norm_av.weight": (2 * dim,),
+                "fc_norm_av.bias": (2 * dim,),
+                "head_av.weight": (classes, 2 * dim),
+                "head_av.bias": (classes,),
+            }
+        )
     return layout
 
 
@@ -74,16 +121,16 @@ def their_name(ours: str) -> str | None:
     if head in ENCODERS:
         suffix = ENCODERS[head]
         if rest.startswith("patch_embed.proj."):
-            return f"patch_embed{suffix}.{rest[len('patch_embed.'):]}"
+            return f"patch_embed{suffix}.{rest[len('patch_embed.') :]}"
         if rest == "cls_token":
             return f"cls_token{suffix}"
         if rest.startswith("transformer.blocks."):
-            return f"blocks{suffix}.{rest[len('transformer.blocks.'):]}"
+            return f"blocks{suffix}.{rest[len('transformer.blocks.') :]}"
         if rest.startswith("transformer.norm."):
             return None  # the expert has no encoder final norm (expert_problems says so when there is one)
     elif head == "fusion":
         if rest.startswith("blocks."):
-            return f"blocks_av.{rest[len('blocks.'):]}"
+            return f"blocks_av.{rest[len('blocks.') :]}"
         if rest.startswith(("norm_audio.", "norm_video.")):
             return None  # ours normalise each modality for the decoders and targets; the expert's states are raw
     elif head in ("audio_decoder", "video_decoder"):
@@ -97,9 +144,11 @@ def _parts(model: nn.Module) -> tuple[nn.Module, str, int | None]:
     """-> (the module holding audio_encoder/video_encoder/fusion, the state-dict prefix, classes or None)."""
     if isinstance(model, Classifier):
         if model.mode != "audio+video" or not model.vitmm:
-            raise ValueError(f"a {model.mode} classifier{' with model.encoder_norm=true' * model.cfg.encoder_norm} "
-                             "has no counterpart in the expert: only an audio+video model fine-tuned with "
-                             "model.encoder_norm=false (or a pre-trained one) can be exported")
+            raise ValueError(
+                f"a {model.mode} classifier{' with model.encoder_norm=true' * model.cfg.encoder_norm} "
+                "has no counterpart in the expert: only an audio+video model fine-tuned with "
+                "model.encoder_norm=false (or a pre-trained one) can be exported"
+            )
         return model, "", model.head.out_features
     if isinstance(model, MAViL):
         return model.backbone, "backbone.", None
@@ -112,14 +161,21 @@ def expert_problems(cfg: ModelConfig, classes: int | None = None) -> list[str]:
     """Why the expert would not compute this model's states (empty: it computes exactly ours)."""
     problems = []
     if cfg.encoder_norm:
-        problems.append("model.encoder_norm is true: the expert has no encoder final LayerNorm, so its fusion blocks "
-                        "would take un-normalised encoder outputs, not the normalised ones ours were trained on "
-                        "(train with model.encoder_norm=false for an exact export)")
-    differing = [f"{key}={getattr(cfg, key)} (expert: {value})" for key, value in EXPERT_MODEL.items()
-                 if getattr(cfg, key) != value]
+        problems.append(
+            "model.encoder_norm is true: the expert has no encoder final LayerNorm, so its fusion blocks "
+            "would take un-normalised encoder outputs, not the normalised ones ours were trained on "
+            "(train with model.encoder_norm=false for an exact export)"
+        )
+    differing = [
+        f"{key}={getattr(cfg, key)} (expert: {value})"
+        for key, value in EXPERT_MODEL.items()
+        if getattr(cfg, key) != value
+    ]
     if differing:
-        problems.append("the expert builds ViT-B/16 encoders over 1x1024x128 spectrograms and 3x8x224x224 clips: "
-                        + ", ".join(differing))
+        problems.append(
+            "the expert builds ViT-B/16 encoders over 1x1024x128 spectrograms and 3x8x224x224 clips: "
+            + ", ".join(differing)
+        )
     if classes is not None and classes != EXPERT_CLASSES:
         problems.append(f"the expert builds a {EXPERT_CLASSES}-class head_av; this model has {classes} classes")
     return problems
@@ -132,8 +188,10 @@ def to_avsuperb(model: nn.Module, cfg: ModelConfig | None = None) -> tuple[dict[
     owner, prefix, classes = _parts(model)
     cfg = cfg or model.cfg
     if not isinstance(model, Classifier) and cfg.fusion != "vanilla":
-        raise ValueError(f"model.fusion={cfg.fusion}: the expert's blocks_av attend jointly (vanilla fusion); "
-                         "bottleneck fusion cannot be expressed in its layout")
+        raise ValueError(
+            f"model.fusion={cfg.fusion}: the expert's blocks_av attend jointly (vanilla fusion); "
+            "bottleneck fusion cannot be expressed in its layout"
+        )
     state, dropped, unmapped = {}, [], []
     for key, tensor in model.state_dict().items():
         try:
@@ -153,8 +211,11 @@ def to_avsuperb(model: nn.Module, cfg: ModelConfig | None = None) -> tuple[dict[
     expected = expected_layout(cfg, fusion_depth, classes)
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
-    wrong = [f"{k} {tuple(state[k].shape)} (expected {expected[k]})" for k in expected
-             if k in state and tuple(state[k].shape) != expected[k]]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} (expected {expected[k]})"
+        for k in expected
+        if k in state and tuple(state[k].shape) != expected[k]
+    ]
     if missing or extra or wrong:
         raise ValueError(f"AV-SUPERB layout not met: missing {missing[:6]}, unexpected {extra[:6]}, shapes {wrong[:6]}")
     return {k: state[k] for k in expected}, dropped

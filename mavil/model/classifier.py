@@ -11,6 +11,7 @@
 Fine-tuning masking (training only) drops tokens before the encoders: audio by whole time rows and
 frequency columns of patches, video by random tokens over space and time (the ids come from the engine).
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,7 +27,9 @@ ENCODER_PREFIX = "backbone."
 
 def encoder_names(mode: str) -> tuple[str, ...]:
     """The encoders a fine-tuning mode keeps: audio_encoder unless "video", video_encoder unless "audio"."""
-    return tuple(name for name, other_mode in (("audio_encoder", "video"), ("video_encoder", "audio")) if mode != other_mode)
+    return tuple(
+        name for name, other_mode in (("audio_encoder", "video"), ("video_encoder", "audio")) if mode != other_mode
+    )
 
 
 class Classifier(nn.Module):
@@ -40,8 +43,15 @@ class Classifier(nn.Module):
             self.video_encoder = video_encoder(cfg)
         self.vitmm = mode == "audio+video" and not cfg.encoder_norm  # pooled per modality, 2 * dim
         if mode == "audio+video":
-            self.fusion = Transformer(cfg.encoder_dim, fusion_depth, cfg.encoder_heads, cfg.mlp_ratio, cfg.drop_path,
-                                      cfg.attention, final_norm=cfg.encoder_norm)
+            self.fusion = Transformer(
+                cfg.encoder_dim,
+                fusion_depth,
+                cfg.encoder_heads,
+                cfg.mlp_ratio,
+                cfg.drop_path,
+                cfg.attention,
+                final_norm=cfg.encoder_norm,
+            )
         pooled_dim = cfg.encoder_dim * (2 if self.vitmm else 1)
         self.fc_norm = LayerNorm(pooled_dim)
         self.head = nn.Linear(pooled_dim, num_classes) if mode != "retrieval" else None
@@ -54,8 +64,13 @@ class Classifier(nn.Module):
         """(B, C, *size) -> (B, K, dim) patch tokens ([CLS] dropped)."""
         return encoder.encode(encoder.embed(x), ids_keep)[:, 1:]
 
-    def forward(self, audio: torch.Tensor | None = None, video: torch.Tensor | None = None,
-                audio_keep: torch.Tensor | None = None, video_keep: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        audio: torch.Tensor | None = None,
+        video: torch.Tensor | None = None,
+        audio_keep: torch.Tensor | None = None,
+        video_keep: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """-> (B, classes) logits from the modalities of the mode; in retrieval mode the two embeddings."""
         if self.mode == "retrieval":
             return self.embeddings(audio, video, audio_keep, video_keep)
@@ -71,19 +86,26 @@ class Classifier(nn.Module):
             x = self.fusion(x)
         return self.head(self.fc_norm(x.mean(dim=1)))
 
-    def fused_pooled(self, audio: torch.Tensor, video: torch.Tensor, audio_keep: torch.Tensor | None = None,
-                     video_keep: torch.Tensor | None = None) -> torch.Tensor:
+    def fused_pooled(
+        self,
+        audio: torch.Tensor,
+        video: torch.Tensor,
+        audio_keep: torch.Tensor | None = None,
+        video_keep: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """ViT-MM layout: (B, 2 * dim), the fused audio patch tokens' mean || the fused video patch tokens' mean."""
         a = self.audio_encoder.encode(self.audio_encoder.embed(audio), audio_keep)  # (B, 1 + Ka, dim), [CLS] first
         v = self.video_encoder.encode(self.video_encoder.embed(video), video_keep)
         x = self.fusion(torch.cat([a, v], dim=1))
         length = a.shape[1]
-        return torch.cat([x[:, 1:length].mean(dim=1), x[:, length + 1:].mean(dim=1)], dim=-1)
+        return torch.cat([x[:, 1:length].mean(dim=1), x[:, length + 1 :].mean(dim=1)], dim=-1)
 
     def embeddings(self, audio: torch.Tensor, video: torch.Tensor, audio_keep=None, video_keep=None):
         """Retrieval: (B, dim) audio and video embeddings, each the mean of its encoder's patch tokens."""
-        return (self.encode(self.audio_encoder, audio, audio_keep).mean(dim=1),
-                self.encode(self.video_encoder, video, video_keep).mean(dim=1))
+        return (
+            self.encode(self.audio_encoder, audio, audio_keep).mean(dim=1),
+            self.encode(self.video_encoder, video, video_keep).mean(dim=1),
+        )
 
 
 def load_encoders(model: Classifier, path: str) -> list[str]:
@@ -96,7 +118,7 @@ def load_encoders(model: Classifier, path: str) -> list[str]:
         if not hasattr(model, name):
             continue
         prefix = f"{ENCODER_PREFIX}{name}."
-        encoder_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        encoder_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if not model.cfg.encoder_norm:
             encoder_state = {k: v for k, v in encoder_state.items() if not k.startswith("transformer.norm.")}
         try:

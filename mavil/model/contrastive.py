@@ -15,6 +15,7 @@ Each rank returns the mean over its queries; data-parallel averaging then gives 
 global batch, each against the keys of its own group: the same on 1, 8 or 64 GPUs. group = None keeps the former
 behaviour: the rank's micro-batch, or every rank's with model.global_negatives.
 """
+
 from __future__ import annotations
 
 import torch
@@ -38,7 +39,7 @@ def _gather_group(t: torch.Tensor, ranks_per_group: int) -> tuple[torch.Tensor, 
     parts = all_gather(F.pad(t, (0, 0, 0, max(counts) - t.shape[0])))  # all_gather needs one shape
     first = rank - rank % ranks_per_group
     mine = range(first, first + ranks_per_group)
-    rows = torch.cat([parts[r][:counts[r]] for r in mine])
+    rows = torch.cat([parts[r][: counts[r]] for r in mine])
     return rows, sum(counts[first:rank])
 
 
@@ -54,13 +55,22 @@ def check_groups(group: int | None, micro_batch: int, world: int) -> None:
         return
     if micro_batch < group and group % micro_batch == 0 and world % (group // micro_batch) == 0:
         return
-    raise ValueError(f"model.contrastive_group = {group}: groups of {group} clips cannot be formed from micro-batches "
-                     f"of {micro_batch} clips (train.micro_batch) on {world} rank(s): the micro-batch must be a "
-                     f"multiple of the group, or divide it with world size x micro-batch a multiple of it")
+    raise ValueError(
+        f"model.contrastive_group = {group}: groups of {group} clips cannot be formed from micro-batches "
+        f"of {micro_batch} clips (train.micro_batch) on {world} rank(s): the micro-batch must be a "
+        f"multiple of the group, or divide it with world size x micro-batch a multiple of it"
+    )
 
 
-def grouped_info_nce(x: torch.Tensor, y: torch.Tensor, tau: float, symmetric: bool = False, group: int | None = 8,
-                     global_negatives: bool = False, micro_batch: int | None = None) -> torch.Tensor:
+def grouped_info_nce(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    tau: float,
+    symmetric: bool = False,
+    group: int | None = 8,
+    global_negatives: bool = False,
+    micro_batch: int | None = None,
+) -> torch.Tensor:
     """Eq. 2 per group of `group` clips: x (B, H) queries, y (B, H) keys of this rank's micro-batch -> 0-dim fp32,
     the mean over this rank's queries. group=None: the micro-batch (or all ranks' with global_negatives).
 

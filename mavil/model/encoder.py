@@ -9,6 +9,7 @@ Decoder: a linear projection to the decoder width, [MASK] tokens restored to the
 order with the decoder's own sin-cos positions, ViT blocks, and a linear head predicting each
 token's target (raw patch values in stage 1, the teacher's fused features in stage 2).
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,9 +22,20 @@ from .vit import Transformer
 
 
 class ModalityEncoder(nn.Module):
-    def __init__(self, in_chans: int, input_size: tuple[int, ...], patch: tuple[int, ...], dim: int, depth: int,
-                 heads: int, mlp_ratio: float, drop_path: float, backend: str, final_norm: bool = True,
-                 pos_scheme: str = "3d"):
+    def __init__(
+        self,
+        in_chans: int,
+        input_size: tuple[int, ...],
+        patch: tuple[int, ...],
+        dim: int,
+        depth: int,
+        heads: int,
+        mlp_ratio: float,
+        drop_path: float,
+        backend: str,
+        final_norm: bool = True,
+        pos_scheme: str = "3d",
+    ):
         super().__init__()
         self.patch_embed = PatchEmbed(in_chans, input_size, patch, dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -66,8 +78,17 @@ class ModalityEncoder(nn.Module):
 
 
 class ModalityDecoder(nn.Module):
-    def __init__(self, in_dim: int, grid: tuple[int, ...], dim: int, depth: int, heads: int, mlp_ratio: float,
-                 out_dim: int, backend: str):
+    def __init__(
+        self,
+        in_dim: int,
+        grid: tuple[int, ...],
+        dim: int,
+        depth: int,
+        heads: int,
+        mlp_ratio: float,
+        out_dim: int,
+        backend: str,
+    ):
         super().__init__()
         self.embed = nn.Linear(in_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(dim))

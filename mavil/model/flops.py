@@ -21,6 +21,7 @@ N tokens + [CLS]; the heads on N tokens. Per batch: InfoNCE logits B x B x dim, 
 loss (alpha > 0), twice for the intra-modal one (beta > 0). Stage 2 adds the teacher (its patch
 embeddings, encoders on 1 + N tokens, fusion) and predicts encoder_dim-wide features.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,11 +45,13 @@ def linear(rows: int, fan_in: int, fan_out: int) -> int:
 def block(tokens: int, dim: int, mlp_ratio: float) -> dict[str, int]:
     """One ViT block on `tokens` tokens of width `dim`, one sample: its five matrix products."""
     hidden = int(dim * mlp_ratio)
-    return {"qkv": linear(tokens, dim, 3 * dim),
-            "scores": 2 * tokens * tokens * dim,  # q k^T: heads x (L, Dh) x (Dh, L), heads * Dh = dim
-            "weighted_values": 2 * tokens * tokens * dim,  # softmax(.) v: heads x (L, L) x (L, Dh)
-            "proj": linear(tokens, dim, dim),
-            "mlp": linear(tokens, dim, hidden) + linear(tokens, hidden, dim)}
+    return {
+        "qkv": linear(tokens, dim, 3 * dim),
+        "scores": 2 * tokens * tokens * dim,  # q k^T: heads x (L, Dh) x (Dh, L), heads * Dh = dim
+        "weighted_values": 2 * tokens * tokens * dim,  # softmax(.) v: heads x (L, L) x (L, Dh)
+        "proj": linear(tokens, dim, dim),
+        "mlp": linear(tokens, dim, hidden) + linear(tokens, hidden, dim),
+    }
 
 
 def blocks(depth: int, tokens: int, dim: int, mlp_ratio: float) -> int:
@@ -73,11 +76,13 @@ def backbone_parts(cfg: ModelConfig, a_len: int, v_len: int, prefix: str = "") -
     """Patch embeddings, encoders on a_len / v_len tokens ([CLS] included) and fusion, one sample."""
     a_in, v_in = patch_values(cfg)
     enc = (cfg.encoder_depth, cfg.encoder_dim, cfg.mlp_ratio)
-    return {f"{prefix}audio_patch_embed": linear(cfg.audio_tokens, a_in, cfg.encoder_dim),
-            f"{prefix}video_patch_embed": linear(cfg.video_tokens, v_in, cfg.encoder_dim),
-            f"{prefix}audio_encoder": blocks(enc[0], a_len, *enc[1:]),
-            f"{prefix}video_encoder": blocks(enc[0], v_len, *enc[1:]),
-            f"{prefix}fusion": fusion(cfg, a_len, v_len)}
+    return {
+        f"{prefix}audio_patch_embed": linear(cfg.audio_tokens, a_in, cfg.encoder_dim),
+        f"{prefix}video_patch_embed": linear(cfg.video_tokens, v_in, cfg.encoder_dim),
+        f"{prefix}audio_encoder": blocks(enc[0], a_len, *enc[1:]),
+        f"{prefix}video_encoder": blocks(enc[0], v_len, *enc[1:]),
+        f"{prefix}fusion": fusion(cfg, a_len, v_len),
+    }
 
 
 def forward_parts(cfg: ModelConfig, batch: int, teacher: ModelConfig | None = None) -> dict[str, int]:
@@ -109,13 +114,22 @@ def step_flops(cfg: ModelConfig, batch: int, teacher: ModelConfig | None = None)
     -> {"batch", "parts": {name: {"forward", "step"}}, "forward", "trained_forward", "teacher_forward",
         "step", "step_per_sample"}
     """
-    parts = {name: {"forward": flops, "step": flops * (FORWARD_ONLY if name.startswith("teacher_") else TRAINED)}
-             for name, flops in forward_parts(cfg, batch, teacher).items()}
+    parts = {
+        name: {"forward": flops, "step": flops * (FORWARD_ONLY if name.startswith("teacher_") else TRAINED)}
+        for name, flops in forward_parts(cfg, batch, teacher).items()
+    }
     teacher_forward = sum(p["forward"] for name, p in parts.items() if name.startswith("teacher_"))
     forward = sum(p["forward"] for p in parts.values())
     step = sum(p["step"] for p in parts.values())
-    return {"batch": batch, "parts": parts, "forward": forward, "trained_forward": forward - teacher_forward,
-            "teacher_forward": teacher_forward, "step": step, "step_per_sample": step / batch}
+    return {
+        "batch": batch,
+        "parts": parts,
+        "forward": forward,
+        "trained_forward": forward - teacher_forward,
+        "teacher_forward": teacher_forward,
+        "step": step,
+        "step_per_sample": step / batch,
+    }
 
 
 def paper_run(flops: dict) -> dict:
@@ -124,15 +138,33 @@ def paper_run(flops: dict) -> dict:
     total = flops["step_per_sample"] * run["epochs"] * run["clips"]
     seconds = run["hours"] * 3600
     per_gpu = total / seconds / run["gpus"]
-    return {**run, "stage_flops": total, "clips_per_s_per_gpu": run["epochs"] * run["clips"] / seconds / run["gpus"],
-            "achieved_tflops_per_gpu": per_gpu / 1e12, "mfu": per_gpu / (run["peak_tflops"] * 1e12),
-            "hours_at_full_peak": total / (run["gpus"] * run["peak_tflops"] * 1e12) / 3600}
+    return {
+        **run,
+        "stage_flops": total,
+        "clips_per_s_per_gpu": run["epochs"] * run["clips"] / seconds / run["gpus"],
+        "achieved_tflops_per_gpu": per_gpu / 1e12,
+        "mfu": per_gpu / (run["peak_tflops"] * 1e12),
+        "hours_at_full_peak": total / (run["gpus"] * run["peak_tflops"] * 1e12) / 3600,
+    }
 
 
 def paper_sized(cfg: ModelConfig) -> bool:
     """Whether cfg has the paper's inputs and network sizes (the defaults), so that PAPER_RUN applies."""
-    fields = ("audio_frames", "audio_mel_bins", "audio_patch", "video_frames", "video_size", "video_patch",
-              "encoder_dim", "encoder_depth", "decoder_dim", "decoder_depth", "fusion_depth", "mlp_ratio", "mask_ratio")
+    fields = (
+        "audio_frames",
+        "audio_mel_bins",
+        "audio_patch",
+        "video_frames",
+        "video_size",
+        "video_patch",
+        "encoder_dim",
+        "encoder_depth",
+        "decoder_dim",
+        "decoder_depth",
+        "fusion_depth",
+        "mlp_ratio",
+        "mask_ratio",
+    )
     paper = ModelConfig()
     return all(getattr(cfg, name) == getattr(paper, name) for name in fields)
 
@@ -140,24 +172,32 @@ def paper_sized(cfg: ModelConfig) -> bool:
 def format_table(cfg: ModelConfig, flops: dict, source: str) -> str:
     batch, step = flops["batch"], flops["step"]
     scale, unit = (1e9, "GFLOP") if step >= 1e10 else (1e6, "MFLOP")
-    lines = [f"MAViL stage {cfg.stage} ({source}), batch {batch}: FLOPs of one training step "
-             f"(multiply-add = 2; backward = 2 x forward; teacher forward only)",
-             f"{'part':<30}{'forward ' + unit:>15}{'x':>3}{'step ' + unit:>14}{'share':>8}"]
+    lines = [
+        f"MAViL stage {cfg.stage} ({source}), batch {batch}: FLOPs of one training step "
+        f"(multiply-add = 2; backward = 2 x forward; teacher forward only)",
+        f"{'part':<30}{'forward ' + unit:>15}{'x':>3}{'step ' + unit:>14}{'share':>8}",
+    ]
     for name, part in flops["parts"].items():
         times = part["step"] // part["forward"]
-        lines.append(f"{name.replace('_', ' '):<30}{part['forward'] / scale:>15,.1f}{times:>3}"
-                     f"{part['step'] / scale:>14,.1f}{part['step'] / step:>8.1%}")
+        lines.append(
+            f"{name.replace('_', ' '):<30}{part['forward'] / scale:>15,.1f}{times:>3}"
+            f"{part['step'] / scale:>14,.1f}{part['step'] / step:>8.1%}"
+        )
     lines.append(f"{'total':<30}{flops['forward'] / scale:>15,.1f}{'':>3}{step / scale:>14,.1f}{1:>8.0%}")
-    lines.append(f"per sample: {flops['step_per_sample'] / scale:,.1f} {unit} per step "
-                 f"({flops['trained_forward'] / batch / scale:,.1f} trained forward, "
-                 f"{flops['teacher_forward'] / batch / scale:,.1f} teacher forward)")
+    lines.append(
+        f"per sample: {flops['step_per_sample'] / scale:,.1f} {unit} per step "
+        f"({flops['trained_forward'] / batch / scale:,.1f} trained forward, "
+        f"{flops['teacher_forward'] / batch / scale:,.1f} teacher forward)"
+    )
     if paper_sized(cfg):
         run = paper_run(flops)
-        lines.append(f"the paper's stage ({run['gpus']} {run['gpu']}s, ~{run['hours']:.0f} h, {run['epochs']} epochs "
-                     f"of {run['clips'] / 1e6:.0f}M clips): {run['stage_flops']:.2e} FLOPs, "
-                     f"{run['clips_per_s_per_gpu']:.1f} clips/s and {run['achieved_tflops_per_gpu']:.2f} TFLOP/s per GPU "
-                     f"= {run['mfu']:.1%} MFU of {run['peak_tflops']:.0f} TFLOP/s bf16; at full peak "
-                     f"{run['hours_at_full_peak']:.2f} h")
+        lines.append(
+            f"the paper's stage ({run['gpus']} {run['gpu']}s, ~{run['hours']:.0f} h, {run['epochs']} epochs "
+            f"of {run['clips'] / 1e6:.0f}M clips): {run['stage_flops']:.2e} FLOPs, "
+            f"{run['clips_per_s_per_gpu']:.1f} clips/s and {run['achieved_tflops_per_gpu']:.2f} TFLOP/s per GPU "
+            f"= {run['mfu']:.1%} MFU of {run['peak_tflops']:.0f} TFLOP/s bf16; at full peak "
+            f"{run['hours_at_full_peak']:.2f} h"
+        )
     return "\n".join(lines)
 
 
@@ -184,8 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     flops = step_flops(cfg, args.batch)
     if args.json and paper_sized(cfg):
         flops["paper_run"] = paper_run(flops)
-    print(json.dumps(flops, indent=2) if args.json
-          else format_table(cfg, flops, args.config))
+    print(json.dumps(flops, indent=2) if args.json else format_table(cfg, flops, args.config))
     return 0
 
 

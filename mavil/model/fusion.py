@@ -7,6 +7,7 @@
 Both end with a LayerNorm per modality and return tokens of the input shapes ([CLS] kept first).
 With depth 0 they reduce to those norms (the paper's "None" baseline of Table 2).
 """
+
 from __future__ import annotations
 
 import torch
@@ -45,8 +46,9 @@ class VanillaFusion(Fusion):
 
 
 class BottleneckFusion(Fusion):
-    def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float, drop_path: float, backend: str,
-                 bottleneck_tokens: int):
+    def __init__(
+        self, dim: int, depth: int, heads: int, mlp_ratio: float, drop_path: float, backend: str, bottleneck_tokens: int
+    ):
         super().__init__(dim, depth, heads, mlp_ratio, drop_path, backend)
         self.bottleneck = nn.Parameter(torch.zeros(1, bottleneck_tokens, dim))
         nn.init.normal_(self.bottleneck, std=0.02)

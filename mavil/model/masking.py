@@ -4,6 +4,7 @@ Each sample's tokens are ranked by uniform noise. The first K ranks are the visi
 K..2K-1 the second view used by the intra-modal contrastive loss (drawn from the masked-out
 tokens, so the two views never share a token), and ids_restore maps every token to its rank.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,8 +26,14 @@ class Masking:
         return self.ids_keep.shape[1]
 
 
-def random_masking(batch: int, tokens: int, mask_ratio: float, device: torch.device | str,
-                   second_view: bool = False, generator: torch.Generator | None = None) -> Masking:
+def random_masking(
+    batch: int,
+    tokens: int,
+    mask_ratio: float,
+    device: torch.device | str,
+    second_view: bool = False,
+    generator: torch.Generator | None = None,
+) -> Masking:
     visible = num_visible(tokens, mask_ratio)
     if second_view and 2 * visible > tokens:
         raise ValueError(f"two disjoint views of {visible} tokens do not fit in {tokens} (mask_ratio {mask_ratio})")
@@ -34,12 +41,13 @@ def random_masking(batch: int, tokens: int, mask_ratio: float, device: torch.dev
     ids_shuffle = noise.argsort(dim=1)  # (B, N): tokens in the order they are kept
     ids_restore = ids_shuffle.argsort(dim=1)  # (B, N): the inverse permutation
     mask = (ids_restore >= visible).float()
-    second = ids_shuffle[:, visible:2 * visible] if second_view else None
+    second = ids_shuffle[:, visible : 2 * visible] if second_view else None
     return Masking(ids_shuffle[:, :visible], ids_restore, mask, second)
 
 
-def time_frequency_keep(batch: int, grid: tuple[int, int], drop_time: float, drop_freq: float,
-                        device: torch.device | str) -> torch.Tensor:
+def time_frequency_keep(
+    batch: int, grid: tuple[int, int], drop_time: float, drop_freq: float, device: torch.device | str
+) -> torch.Tensor:
     """Audio fine-tuning masking (Audio-MAE's): drop whole rows of time patches and columns of frequency patches.
 
     grid = (time rows, frequency columns) of the patch grid; each sample keeps round(rows * (1 - drop_time))

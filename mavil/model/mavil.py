@@ -10,6 +10,7 @@
 
 with a_emb the mean of a_um over its visible tokens ([CLS] excluded), as the paper pools.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,20 +32,37 @@ AUDIO_CHANNELS, VIDEO_CHANNELS = 1, 3
 
 
 def _encoder_args(cfg: ModelConfig) -> dict:
-    return dict(dim=cfg.encoder_dim, depth=cfg.encoder_depth, heads=cfg.encoder_heads, mlp_ratio=cfg.mlp_ratio,
-                drop_path=cfg.drop_path, backend=cfg.attention, final_norm=cfg.encoder_norm)
+    return dict(
+        dim=cfg.encoder_dim,
+        depth=cfg.encoder_depth,
+        heads=cfg.encoder_heads,
+        mlp_ratio=cfg.mlp_ratio,
+        drop_path=cfg.drop_path,
+        backend=cfg.attention,
+        final_norm=cfg.encoder_norm,
+    )
 
 
 def audio_encoder(cfg: ModelConfig) -> ModalityEncoder:
     """f_a: a ViT over the (1, frames, mel bins) spectrogram's patches."""
-    return ModalityEncoder(AUDIO_CHANNELS, (cfg.audio_frames, cfg.audio_mel_bins), tuple(cfg.audio_patch),
-                           **_encoder_args(cfg), pos_scheme=cfg.audio_pos)
+    return ModalityEncoder(
+        AUDIO_CHANNELS,
+        (cfg.audio_frames, cfg.audio_mel_bins),
+        tuple(cfg.audio_patch),
+        **_encoder_args(cfg),
+        pos_scheme=cfg.audio_pos,
+    )
 
 
 def video_encoder(cfg: ModelConfig) -> ModalityEncoder:
     """f_v: a ViT over the (3, frames, size, size) clip's tubelets."""
-    return ModalityEncoder(VIDEO_CHANNELS, (cfg.video_frames, cfg.video_size, cfg.video_size), tuple(cfg.video_patch),
-                           **_encoder_args(cfg), pos_scheme=cfg.video_pos)
+    return ModalityEncoder(
+        VIDEO_CHANNELS,
+        (cfg.video_frames, cfg.video_size, cfg.video_size),
+        tuple(cfg.video_patch),
+        **_encoder_args(cfg),
+        pos_scheme=cfg.video_pos,
+    )
 
 
 class Backbone(nn.Module):
@@ -54,7 +72,9 @@ class Backbone(nn.Module):
         super().__init__()
         self.audio_encoder, self.video_encoder = audio_encoder(cfg), video_encoder(cfg)
         fusion = (cfg.encoder_dim, cfg.fusion_depth, cfg.encoder_heads, cfg.mlp_ratio, cfg.drop_path, cfg.attention)
-        self.fusion = VanillaFusion(*fusion) if cfg.fusion == "vanilla" else BottleneckFusion(*fusion, cfg.bottleneck_tokens)
+        self.fusion = (
+            VanillaFusion(*fusion) if cfg.fusion == "vanilla" else BottleneckFusion(*fusion, cfg.bottleneck_tokens)
+        )
         self.dim = cfg.encoder_dim
         self.apply(init_weights)
 
@@ -62,8 +82,13 @@ class Backbone(nn.Module):
         """-> audio (B, Na, dim) and video (B, Nv, dim) patch tokens."""
         return self.audio_encoder.embed(audio), self.video_encoder.embed(video)
 
-    def encode(self, a_tokens: torch.Tensor, v_tokens: torch.Tensor, a_keep: torch.Tensor | None = None,
-               v_keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self,
+        a_tokens: torch.Tensor,
+        v_tokens: torch.Tensor,
+        a_keep: torch.Tensor | None = None,
+        v_keep: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> a_um (B, 1 + Ka, dim), v_um (B, 1 + Kv, dim); all tokens where the ids are None."""
         return self.audio_encoder.encode(a_tokens, a_keep), self.video_encoder.encode(v_tokens, v_keep)
 
@@ -96,12 +121,19 @@ class MAViL(nn.Module):
         self.cfg = cfg
         self.backbone = Backbone(cfg)
         a_out, v_out = self._target_dims(teacher)
-        dec = dict(dim=cfg.decoder_dim, depth=cfg.decoder_depth, heads=cfg.decoder_heads, mlp_ratio=cfg.mlp_ratio,
-                   backend=cfg.attention)
-        self.audio_decoder = ModalityDecoder(cfg.encoder_dim, self.backbone.audio_encoder.patch_embed.grid,
-                                             out_dim=a_out, **dec)
-        self.video_decoder = ModalityDecoder(cfg.encoder_dim, self.backbone.video_encoder.patch_embed.grid,
-                                             out_dim=v_out, **dec)
+        dec = dict(
+            dim=cfg.decoder_dim,
+            depth=cfg.decoder_depth,
+            heads=cfg.decoder_heads,
+            mlp_ratio=cfg.mlp_ratio,
+            backend=cfg.attention,
+        )
+        self.audio_decoder = ModalityDecoder(
+            cfg.encoder_dim, self.backbone.audio_encoder.patch_embed.grid, out_dim=a_out, **dec
+        )
+        self.video_decoder = ModalityDecoder(
+            cfg.encoder_dim, self.backbone.video_encoder.patch_embed.grid, out_dim=v_out, **dec
+        )
         self.audio_decoder.apply(init_weights)
         self.video_decoder.apply(init_weights)
         set_grad_checkpointing(self, cfg.grad_checkpointing)  # every block: encoders, fusion, decoders
@@ -125,8 +157,10 @@ class MAViL(nn.Module):
         for name in ("audio_encoder", "video_encoder"):
             mine, theirs = getattr(self.backbone, name).patch_embed, getattr(teacher, name).patch_embed
             if (mine.input_shape, mine.grid) != (theirs.input_shape, theirs.grid):
-                raise ValueError(f"teacher {name}: input {theirs.input_shape} in a {theirs.grid} token grid, but the "
-                                 f"student has input {mine.input_shape} in a {mine.grid} grid; targets need the same tokens")
+                raise ValueError(
+                    f"teacher {name}: input {theirs.input_shape} in a {theirs.grid} token grid, but the "
+                    f"student has input {mine.input_shape} in a {mine.grid} grid; targets need the same tokens"
+                )
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
@@ -153,19 +187,28 @@ class MAViL(nn.Module):
         a_tokens, v_tokens = self.backbone.embed(audio, video)
         a_mask, v_mask = self._draw_masks(a_tokens, v_tokens)
         a_um, v_um = self.backbone.encode(a_tokens, v_tokens, a_mask.ids_keep, v_mask.ids_keep)
-        parts = {**self._reconstruction(audio, video, a_um, v_um, a_mask, v_mask),
-                 **self._contrastive(a_tokens, v_tokens, a_um, v_um, a_mask, v_mask)}  # a new dict: no mutation traced
+        parts = {
+            **self._reconstruction(audio, video, a_um, v_um, a_mask, v_mask),
+            **self._contrastive(a_tokens, v_tokens, a_um, v_um, a_mask, v_mask),
+        }  # a new dict: no mutation traced
         weights = {"loss_inter": self.cfg.alpha, "loss_intra": self.cfg.beta}
         loss = sum(weights.get(name, 1.0) * value for name, value in parts.items())
         return {"loss": loss, **parts}
 
-    def _draw_masks(self, a_tokens: torch.Tensor, v_tokens: torch.Tensor, ratio: float | None = None,
-                    second_view: bool | None = None) -> tuple[Masking, Masking]:
+    def _draw_masks(
+        self,
+        a_tokens: torch.Tensor,
+        v_tokens: torch.Tensor,
+        ratio: float | None = None,
+        second_view: bool | None = None,
+    ) -> tuple[Masking, Masking]:
         batch = a_tokens.shape[0]
         ratio = self.cfg.mask_ratio if ratio is None else ratio
         second = self.cfg.beta > 0 if second_view is None else second_view
-        return (random_masking(batch, a_tokens.shape[1], ratio, a_tokens.device, second_view=second),
-                random_masking(batch, v_tokens.shape[1], ratio, v_tokens.device, second_view=second))
+        return (
+            random_masking(batch, a_tokens.shape[1], ratio, a_tokens.device, second_view=second),
+            random_masking(batch, v_tokens.shape[1], ratio, v_tokens.device, second_view=second),
+        )
 
     def _predict(self, a_um, v_um, a_mask: Masking, v_mask: Masking) -> tuple[torch.Tensor, torch.Tensor]:
         """Fusion, then each decoder: (B, Na, target dim), (B, Nv, target dim) predictions for every token."""
@@ -177,11 +220,15 @@ class MAViL(nn.Module):
         a_pred, v_pred = self._predict(a_um, v_um, a_mask, v_mask)
         a_target, v_target = self.targets(audio, video)
         norm = self.cfg.norm_pix_loss
-        return {"loss_recon_audio": masked_mse(a_pred, a_target, a_mask.mask, norm),
-                "loss_recon_video": masked_mse(v_pred, v_target, v_mask.mask, norm)}
+        return {
+            "loss_recon_audio": masked_mse(a_pred, a_target, a_mask.mask, norm),
+            "loss_recon_video": masked_mse(v_pred, v_target, v_mask.mask, norm),
+        }
 
     @torch.no_grad()
-    def reconstruct(self, audio: torch.Tensor, video: torch.Tensor, mask_ratio: float | None = None) -> dict[str, torch.Tensor]:
+    def reconstruct(
+        self, audio: torch.Tensor, video: torch.Tensor, mask_ratio: float | None = None
+    ) -> dict[str, torch.Tensor]:
         """One masked pass without losses, for pictures: per modality the decoder's prediction of every token
         (B, N, target dim), the mask (B, N) with 1 on hidden tokens, and the target (B, N, target dim), all in
         token order. `mask_ratio` overrides the config's (the paper's figures use 0.7)."""
@@ -190,29 +237,43 @@ class MAViL(nn.Module):
         a_um, v_um = self.backbone.encode(a_tokens, v_tokens, a_mask.ids_keep, v_mask.ids_keep)
         a_pred, v_pred = self._predict(a_um, v_um, a_mask, v_mask)
         a_target, v_target = self.targets(audio, video)
-        return {"audio_pred": a_pred, "audio_mask": a_mask.mask, "audio_target": a_target,
-                "video_pred": v_pred, "video_mask": v_mask.mask, "video_target": v_target}
+        return {
+            "audio_pred": a_pred,
+            "audio_mask": a_mask.mask,
+            "audio_target": a_target,
+            "video_pred": v_pred,
+            "video_mask": v_mask.mask,
+            "video_target": v_target,
+        }
 
     def targets(self, audio: torch.Tensor, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token targets: raw patches (stage 1) or the teacher's fused features on the full view (stage 2)."""
         if self.cfg.stage == 1:
             return patchify(audio, tuple(self.cfg.audio_patch)), patchify(video, tuple(self.cfg.video_patch))
         if self.teacher is None:
-            raise RuntimeError("stage 2 needs a teacher: build the model with mavil.model.build_model "
-                               "(model.teacher names a stage-1 weights file) or pass teacher=")
+            raise RuntimeError(
+                "stage 2 needs a teacher: build the model with mavil.model.build_model "
+                "(model.teacher names a stage-1 weights file) or pass teacher="
+            )
         with torch.no_grad():
             return self.teacher.contextual_features(audio, video)
 
     def _contrastive(self, a_tokens, v_tokens, a_um, v_um, a_mask: Masking, v_mask: Masking) -> dict[str, torch.Tensor]:
         """Eq. 3: inter-modal InfoNCE between the views' pooled embeddings, intra-modal against a second view."""
         cfg, parts = self.cfg, {}
-        contrast = partial(grouped_info_nce, group=cfg.contrastive_group, global_negatives=cfg.global_negatives,
-                           micro_batch=self.micro_batch)  # groups of clips (contrastive.py), not the cluster's shape
+        contrast = partial(
+            grouped_info_nce,
+            group=cfg.contrastive_group,
+            global_negatives=cfg.global_negatives,
+            micro_batch=self.micro_batch,
+        )  # groups of clips (contrastive.py), not the cluster's shape
         a_emb, v_emb = pooled(a_um), pooled(v_um)
         if cfg.alpha > 0:
             parts["loss_inter"] = contrast(a_emb, v_emb, cfg.tau_inter, cfg.contrastive_symmetric)
         if cfg.beta > 0:
             a_um2, v_um2 = self.backbone.encode(a_tokens, v_tokens, a_mask.ids_keep_second, v_mask.ids_keep_second)
-            parts["loss_intra"] = 0.5 * (contrast(a_emb, pooled(a_um2), cfg.tau_intra, cfg.contrastive_symmetric)
-                                         + contrast(v_emb, pooled(v_um2), cfg.tau_intra, cfg.contrastive_symmetric))
+            parts["loss_intra"] = 0.5 * (
+                contrast(a_emb, pooled(a_um2), cfg.tau_intra, cfg.contrastive_symmetric)
+                + contrast(v_emb, pooled(v_um2), cfg.tau_intra, cfg.contrastive_symmetric)
+            )
         return parts

@@ -5,6 +5,7 @@ gives 64 x 8 = 512 tokens; video 2 x 16 x 16 over 3 x 8 x 224 x 224 gives 4 x 14
 `patchify` cuts the input into the same blocks in the same token order, which makes the
 raw-reconstruction targets of stage 1.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,9 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(f"patch embedding expects input (B, {', '.join(map(str, self.input_shape))}), "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"patch embedding expects input (B, {', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}"
+            )
         # (B, dim, *grid) -> (B, N, dim), copied once so that each token's dim values are contiguous: masked_gather
         # then reads them with vector loads (a transposed view would leave it scalar loads strided by N)
         return self.proj(x).flatten(2).transpose(1, 2).contiguous()

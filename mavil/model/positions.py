@@ -5,6 +5,7 @@ are split between the axes, each axis gets a 1-D sin-cos code of its coordinate,
 concatenated. Row 0 is the [CLS] position (zeros, as in MAE), rows 1.. follow the patch
 embedding's token order (row-major over the grid).
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,7 +33,6 @@ def sincos_grid(dim: int, grid: tuple[int, ...]) -> torch.Tensor:
     table = torch.cat(codes, dim=1)  # (prod(grid), dim)
     cls = torch.zeros(1, dim, dtype=table.dtype)
     return torch.cat([cls, table], dim=0).float()
-
 
 
 def mae_sincos_2d(dim: int, grid: tuple[int, int]) -> torch.Tensor:

@@ -16,6 +16,7 @@ Files are read with `torch.load(weights_only=True)` (argparse.Namespace allowed,
 checkpoints hold beside `model`). A tensor whose shape does not fit, or a depth that differs, is refused with the
 key and both shapes; keys of ours that the file does not supply keep their random initialisation and are reported.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,8 @@ POSITIONS = "pos_embed"
 _BLOCK = re.compile(r"blocks\.(\d+)\.(.+)")
 SOURCES = {
     "video_init": "the paper's video initialisation is MAE's self-supervised ImageNet ViT-B, mae_pretrain_vit_base.pth "
-                  "(https://dl.fbaipublicfiles.com/mae/pretrain/mae_pretrain_vit_base.pth, listed in the README of "
-                  "github.com/facebookresearch/mae)",
+    "(https://dl.fbaipublicfiles.com/mae/pretrain/mae_pretrain_vit_base.pth, listed in the README of "
+    "github.com/facebookresearch/mae)",
     "audio_init": "AudioMAE's pre-trained ViT-B is listed in the README of github.com/facebookresearch/AudioMAE",
 }
 
@@ -52,8 +53,10 @@ class InitReport:
     notes: list[str] = field(default_factory=list)  # inflation, positions
 
     def __str__(self) -> str:
-        lines = [f"{self.encoder} from {self.path}: {len(self.loaded)} tensors loaded; "
-                 f"skipped {_names(self.skipped)}; missing (kept as initialised) {_names(self.missing)}"]
+        lines = [
+            f"{self.encoder} from {self.path}: {len(self.loaded)} tensors loaded; "
+            f"skipped {_names(self.skipped)}; missing (kept as initialised) {_names(self.missing)}"
+        ]
         return "\n".join(lines + [f"  {note}" for note in self.notes])
 
 
@@ -73,8 +76,9 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, torch.Ten
     except RuntimeError as err:
         if mmap and "mmap" in str(err):  # a legacy (pre-zip) file cannot be mapped: read it
             return read_checkpoint(path, mmap=False)
-        raise ValueError(f"{path}: cannot read as a checkpoint with torch.load(weights_only=True): "
-                         f"{str(err).splitlines()[0]}") from None
+        raise ValueError(
+            f"{path}: cannot read as a checkpoint with torch.load(weights_only=True): {str(err).splitlines()[0]}"
+        ) from None
     except (OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
         raise ValueError(f"{path}: cannot read as a checkpoint with torch.load(weights_only=True): {err}") from None
     state = obj.get("model", obj) if isinstance(obj, dict) else None
@@ -94,19 +98,20 @@ def _target(key: str) -> str | None:
     return None
 
 
-def plan(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Size], path: str,
-         encoder: str) -> tuple[dict[str, tuple[str, bool]], InitReport]:
+def plan(
+    theirs: dict[str, torch.Tensor], ours: dict[str, torch.Size], path: str, encoder: str
+) -> tuple[dict[str, tuple[str, bool]], InitReport]:
     """Matches a checkpoint's tensors (shapes only are read) with an encoder's state dict shapes.
     -> ({our key: (their key, inflate)}, report); ValueError for what cannot load."""
     report = InitReport(str(path), encoder)
     depth = 1 + max((int(m.group(1)) for k in theirs if (m := _BLOCK.fullmatch(k))), default=-1)
-    our_depth = 1 + max((int(m.group(1)) for k in ours if (m := re.fullmatch(r"transformer\.blocks\.(\d+)\..+", k))),
-                        default=-1)
+    our_depth = 1 + max(
+        (int(m.group(1)) for k in ours if (m := re.fullmatch(r"transformer\.blocks\.(\d+)\..+", k))), default=-1
+    )
     if depth == 0:
         raise ValueError(f"{path}: holds no blocks.N.* tensors: not a ViT encoder in MAE's layout")
     if depth != our_depth:
-        raise ValueError(f"{path}: holds {depth} blocks, this model's {encoder} has {our_depth} "
-                         f"(model.encoder_depth)")
+        raise ValueError(f"{path}: holds {depth} blocks, this model's {encoder} has {our_depth} (model.encoder_depth)")
     mapping = {}
     for key, tensor in theirs.items():
         target = _target(key)
@@ -117,12 +122,16 @@ def plan(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Size], path: str
         inflate = key == "patch_embed.proj.weight" and len(shape) == 4 and len(want) == 5
         fits = (shape[:2] == want[:2] and shape[2:] == want[3:]) if inflate else shape == want
         if not fits:
-            raise ValueError(f"{path}: {key} {shape} does not fit {encoder}.{target} {want} "
-                             f"(set from this config's widths, patch sizes and channels)")
+            raise ValueError(
+                f"{path}: {key} {shape} does not fit {encoder}.{target} {want} "
+                f"(set from this config's widths, patch sizes and channels)"
+            )
         mapping[target] = (key, inflate)
         if inflate:
-            report.notes.append(f"patch_embed.proj.weight {shape} inflated to {want}: repeated over the tubelet's "
-                                f"{want[2]} frames and divided by {want[2]}")
+            report.notes.append(
+                f"patch_embed.proj.weight {shape} inflated to {want}: repeated over the tubelet's "
+                f"{want[2]} frames and divided by {want[2]}"
+            )
     report.loaded = sorted(mapping)
     report.missing = sorted(k for k in ours if k not in mapping)
     return mapping, report
@@ -138,8 +147,11 @@ def compare_positions(theirs: dict[str, torch.Tensor], encoder: nn.Module, cfg_k
         return f"{POSITIONS} {tuple(theirs[POSITIONS].shape)}: not comparable with this model's {tuple(ours.shape)}"
     diff = (table - ours[: table.shape[0]]).abs().max().item()
     scheme = "video_pos" if cfg_key == "video_init" else "audio_pos"
-    verdict = "matches this model's positions" if diff < 1e-4 else \
-        f"differs from this model's positions (model.{scheme}): the loaded blocks were trained with other ones"
+    verdict = (
+        "matches this model's positions"
+        if diff < 1e-4
+        else f"differs from this model's positions (model.{scheme}): the loaded blocks were trained with other ones"
+    )
     return f"{POSITIONS} (fixed here, not loaded) {verdict}: max |difference| {diff:.2e} over {table.shape[0]} rows"
 
 

@@ -4,6 +4,7 @@
 
 The model is built on the meta device, so even ViT-B costs no memory or time.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,16 +36,32 @@ def summarize(cfg: ModelConfig) -> dict:
     parts["encoders_and_fusion"] = parts["audio_encoder"] + parts["video_encoder"] + parts["fusion"]
     parts["decoders"] = parts["audio_decoder"] + parts["video_decoder"]
     parts["total"] = count(model)
-    tokens = {name: {"tokens": n, "visible": num_visible(n, cfg.mask_ratio), "visible_with_cls": num_visible(n, cfg.mask_ratio) + 1}
-              for name, n in (("audio", cfg.audio_tokens), ("video", cfg.video_tokens))}
-    return {"stage": cfg.stage, "fusion": cfg.fusion, "fusion_depth": cfg.fusion_depth, "mask_ratio": cfg.mask_ratio,
-            "parameters": parts, "paper_parameters": PAPER_PARAMETERS, "tokens": tokens}
+    tokens = {
+        name: {
+            "tokens": n,
+            "visible": num_visible(n, cfg.mask_ratio),
+            "visible_with_cls": num_visible(n, cfg.mask_ratio) + 1,
+        }
+        for name, n in (("audio", cfg.audio_tokens), ("video", cfg.video_tokens))
+    }
+    return {
+        "stage": cfg.stage,
+        "fusion": cfg.fusion,
+        "fusion_depth": cfg.fusion_depth,
+        "mask_ratio": cfg.mask_ratio,
+        "parameters": parts,
+        "paper_parameters": PAPER_PARAMETERS,
+        "tokens": tokens,
+    }
 
 
 def format_summary(summary: dict, source: str) -> str:
     params, paper = summary["parameters"], summary["paper_parameters"]
-    lines = [f"MAViL stage {summary['stage']} ({source}): {summary['fusion']} fusion x{summary['fusion_depth']}, "
-             f"mask ratio {summary['mask_ratio']}", f"{'part':<22}{'parameters':>14}{'paper':>10}"]
+    lines = [
+        f"MAViL stage {summary['stage']} ({source}): {summary['fusion']} fusion x{summary['fusion_depth']}, "
+        f"mask ratio {summary['mask_ratio']}",
+        f"{'part':<22}{'parameters':>14}{'paper':>10}",
+    ]
     for name, value in params.items():
         paper_text = f"{paper[name] / 1e6:.0f}M" if name in paper else ""
         lines.append(f"{name.replace('_', ' '):<22}{value:>14,}{paper_text:>10}")

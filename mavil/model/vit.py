@@ -9,6 +9,7 @@ Activation checkpointing (`set_grad_checkpointing`, the config's model.grad_chec
 activations are recomputed in backward instead of kept, while training with grad enabled; the RNG state is
 restored for the recomputation, so drop path draws the same samples.
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -109,8 +110,16 @@ def make_blocks(depth: int, dim: int, heads: int, mlp_ratio: float, drop_path: f
 class Transformer(nn.Module):
     """A stack of blocks and a final LayerNorm (none with final_norm=False): (B, L, dim) -> (B, L, dim)."""
 
-    def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0,
-                 backend: str = "auto", final_norm: bool = True):
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+        backend: str = "auto",
+        final_norm: bool = True,
+    ):
         super().__init__()
         self.blocks = make_blocks(depth, dim, heads, mlp_ratio, drop_path, backend)
         self.norm = LayerNorm(dim) if final_norm else nn.Identity()
@@ -133,8 +142,11 @@ def resolve_attention(model: nn.Module, device: torch.device | str, dtype: torch
     """Resolves every attention module's backend for tensors of `device` and `dtype`, eagerly: what
     torch.compile needs before it traces (the modules then hold plain functions). -> the backends chosen."""
     device_type = torch.device(device).type
-    return {module.resolve(device_type, dtype).__name__.removeprefix("attention_")
-            for module in model.modules() if isinstance(module, Attention)}
+    return {
+        module.resolve(device_type, dtype).__name__.removeprefix("attention_")
+        for module in model.modules()
+        if isinstance(module, Attention)
+    }
 
 
 def init_weights(module: nn.Module) -> None:

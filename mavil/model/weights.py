@@ -3,6 +3,7 @@
 Such a file is what stage 2 loads as its teacher, what fine-tuning starts from and what a release
 ships. The engine's sharded DeepSpeed checkpoints are for resuming; this is for everything else.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,8 +32,11 @@ PART_KEYS = {
 # The input sizes set only the token grid, whose fixed positions are rebuilt for any size: the weights load into a
 # model of other lengths (fine-tuning ESC-50's 512 frames from a 1024-frame export). A teacher must match them too:
 # its features are the student's per-token targets.
-GRID_KEYS = {"audio_encoder": ("audio_frames", "audio_mel_bins"), "video_encoder": ("video_frames", "video_size"),
-             "fusion": ()}
+GRID_KEYS = {
+    "audio_encoder": ("audio_frames", "audio_mel_bins"),
+    "video_encoder": ("video_frames", "video_size"),
+    "fusion": (),
+}
 
 
 def save_weights(model: MAViL, path: str | Path) -> Path:
@@ -78,7 +82,7 @@ def load_teacher(path: str | Path) -> Backbone:
     """The encoders and fusion of a saved MAViL, frozen in eval mode: the stage-2 teacher."""
     state, raw_cfg = read_weights(path)
     teacher = Backbone(_backbone_config(path, raw_cfg))
-    backbone_state = {k[len(BACKBONE_PREFIX):]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
+    backbone_state = {k[len(BACKBONE_PREFIX) :]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
     try:
         teacher.load_state_dict(backbone_state, strict=True)
     except RuntimeError as err:
@@ -90,8 +94,14 @@ def _backbone_config(path: str | Path, raw_cfg: dict) -> ModelConfig:
     # Only the backbone matters to a reader, so the stored model's own stage and teacher do not.
     # Nor do the files its encoders were initialised from (they need not exist where the export is read), nor its
     # losses' grouping (an export from before model.contrastive_group may hold global_negatives = true).
-    raw_cfg = {**raw_cfg, "stage": 1, "teacher": None, "video_init": None, "audio_init": None,
-               "contrastive_group": None}
+    raw_cfg = {
+        **raw_cfg,
+        "stage": 1,
+        "teacher": None,
+        "video_init": None,
+        "audio_init": None,
+        "contrastive_group": None,
+    }
     return model_config_from_dict(raw_cfg, source=f"{path} metadata")
 
 
@@ -106,15 +116,19 @@ def stored_architecture(path: str | Path, parts: tuple[str, ...]) -> ModelConfig
     return _backbone_config(path, raw_cfg)
 
 
-def architecture_differences(stored: ModelConfig, wanted: ModelConfig, parts: tuple[str, ...],
-                             same_grid: bool = False) -> list[tuple]:
+def architecture_differences(
+    stored: ModelConfig, wanted: ModelConfig, parts: tuple[str, ...], same_grid: bool = False
+) -> list[tuple]:
     """(key, stored value, wanted value) for each model-config key that shapes `parts` and differs; with
     `same_grid` also the input sizes (a teacher's tokens must be the student's)."""
     keys = dict.fromkeys(key for part in parts for key in (*PART_KEYS[part], *(GRID_KEYS[part] if same_grid else ())))
     if "mbt" not in (stored.fusion, wanted.fusion):
         keys.pop("bottleneck_tokens", None)  # vanilla fusion has no bottleneck tokens
-    return [(key, getattr(stored, key), getattr(wanted, key)) for key in keys
-            if getattr(stored, key) != getattr(wanted, key)]
+    return [
+        (key, getattr(stored, key), getattr(wanted, key))
+        for key in keys
+        if getattr(stored, key) != getattr(wanted, key)
+    ]
 
 
 def build_model(cfg: ModelConfig) -> MAViL:

@@ -1,4 +1,5 @@
 """The one-shot GPU check runs end to end on the CPU in its dry mode, so it cannot rot before a GPU is lent."""
+
 import json
 import subprocess
 
@@ -9,8 +10,7 @@ from tests.conftest import REPO
 
 
 def gpu_check(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "bench/gpu_check.sh", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(["bash", "bench/gpu_check.sh", *args], cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the dry run is the CPU's stand-in for the real check")

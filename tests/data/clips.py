@@ -1,4 +1,5 @@
 """Shard contents decoded with PyAV for the data tests, checking the stored formats on the way."""
+
 from __future__ import annotations
 
 import io

@@ -1,4 +1,5 @@
 """mavil.data.fbank against torchaudio's Kaldi fbank, the reference the Audio-MAE convention is defined by."""
+
 import math
 
 import pytest
@@ -13,8 +14,17 @@ NOISE_TOL = dict(max_abs=2e-3, mean_abs=1e-4, rel_l2=1e-4)
 
 def kaldi_reference(waveform: torch.Tensor) -> torch.Tensor:
     """(T,) -> (F, 128): the Audio-MAE call, after removing the clip mean."""
-    return kaldi.fbank((waveform - waveform.mean())[None], htk_compat=True, sample_frequency=SR, use_energy=False,
-                       window_type="hanning", num_mel_bins=128, dither=0.0, frame_shift=10, frame_length=25)
+    return kaldi.fbank(
+        (waveform - waveform.mean())[None],
+        htk_compat=True,
+        sample_frequency=SR,
+        use_energy=False,
+        window_type="hanning",
+        num_mel_bins=128,
+        dither=0.0,
+        frame_shift=10,
+        frame_length=25,
+    )
 
 
 def assert_log_mel_close(actual, expected, max_abs, mean_abs, rel_l2):
@@ -40,7 +50,7 @@ def tone(hz, seconds=2.0):
 
 def chirp(start_hz, end_hz, seconds=2.0):
     t = times(seconds)
-    return (0.5 * torch.sin(2 * math.pi * (start_hz * t + (end_hz - start_hz) / (2 * seconds) * t ** 2))).float()
+    return (0.5 * torch.sin(2 * math.pi * (start_hz * t + (end_hz - start_hz) / (2 * seconds) * t**2))).float()
 
 
 def speech_like(seconds=2.0, seed=0):
@@ -50,12 +60,15 @@ def speech_like(seconds=2.0, seed=0):
     t = times(seconds)
     f0 = 130 + 30 * torch.sin(2 * math.pi * 0.7 * t) + 10 * torch.sin(2 * math.pi * 2.3 * t)  # (T,) Hz
     phase = 2 * math.pi * torch.cumsum(f0, 0) / SR
-    formants = [(500 + 200 * torch.sin(2 * math.pi * 1.1 * t), 80), (1500 + 500 * torch.sin(2 * math.pi * 0.8 * t + 1), 120),
-                (2600 + 200 * torch.sin(2 * math.pi * 0.5 * t), 160)]
+    formants = [
+        (500 + 200 * torch.sin(2 * math.pi * 1.1 * t), 80),
+        (1500 + 500 * torch.sin(2 * math.pi * 0.8 * t + 1), 120),
+        (2600 + 200 * torch.sin(2 * math.pi * 0.5 * t), 160),
+    ]
     voiced = torch.zeros_like(t)
     for k in range(1, 61):
         harmonic = k * f0
-        gain = sum(1 / (1 + ((harmonic - centre) / width) ** 2) for centre, width in formants) / k ** 0.5
+        gain = sum(1 / (1 + ((harmonic - centre) / width) ** 2) for centre, width in formants) / k**0.5
         voiced += gain * (harmonic < 7800) * torch.sin(k * phase)
     syllables = torch.sin(2 * math.pi * 2.0 * t).abs() ** 1.5 * ((t < 0.8) | (t > 1.1))  # 4 syllables/s, a pause
     noise = torch.randn(t.shape, generator=g, dtype=torch.float64)
@@ -72,8 +85,11 @@ def test_matches_torchaudio_on_noise_and_speech(name):
     assert_log_mel_close(fb.fbank(waveform[None])[0], kaldi_reference(waveform), **NOISE_TOL)
 
 
-@pytest.mark.parametrize("waveform", [tone(440), tone(3000), chirp(50, 7900), chirp(6000, 200)],
-                         ids=["440Hz", "3kHz", "chirp-up", "chirp-down"])
+@pytest.mark.parametrize(
+    "waveform",
+    [tone(440), tone(3000), chirp(50, 7900), chirp(6000, 200)],
+    ids=["440Hz", "3kHz", "chirp-up", "chirp-down"],
+)
 def test_matches_torchaudio_on_tones_and_chirps(waveform):
     expected = kaldi_reference(waveform)
     actual = fb.fbank(waveform[None])[0]
@@ -88,8 +104,9 @@ def test_mel_banks_are_torchaudios():
     mel_banks = fb._kaldi_mel_banks(128, 512, SR)  # (128, 257), the Nyquist column zero
     torch.testing.assert_close(mel_banks[:, :256], expected, rtol=0, atol=1e-6)
     assert mel_banks[:, 256].eq(0).all()
-    assert fb._constants(400, SR, 128, torch.device("cpu"), torch.float32) is \
-        fb._constants(400, SR, 128, torch.device("cpu"), torch.float32)
+    assert fb._constants(400, SR, 128, torch.device("cpu"), torch.float32) is fb._constants(
+        400, SR, 128, torch.device("cpu"), torch.float32
+    )
 
 
 def test_batch_of_different_lengths():
@@ -98,7 +115,7 @@ def test_batch_of_different_lengths():
     clips = [0.1 * torch.randn(int(n), generator=g) + 0.05 * i for i, n in enumerate(lengths)]
     waveforms = torch.zeros(len(clips), int(lengths.max()))
     for row, clip in enumerate(clips):
-        waveforms[row, :len(clip)] = clip
+        waveforms[row, : len(clip)] = clip
     waveforms[2, 8000:] = 1000.0  # never used, not even in the clip mean (where it would cost float32 precision)
     log_mel = fb.fbank(waveforms, lengths)  # (5, 148, 128)
     assert log_mel.shape == (5, 1 + (24000 - 400) // 160, 128)

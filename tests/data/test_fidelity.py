@@ -1,6 +1,7 @@
 """App. B's sampling details, in the DALI pipeline and the reference loader alike: the random 4-s window starts
 where a whole window fits (looping only a clip shorter than it), and the "R" time shift rolls the waveform before
 the fbank (Audio-MAE's order), so a short clip's zero padding stays at its end."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,6 @@
 """ensure_health(distributed=True): the ranks of a process group split the shards to check, and every rank gets
 the report one process would have written."""
+
 from __future__ import annotations
 
 import json
@@ -33,9 +34,15 @@ def check_as_rank(rank: int, world: int, port: int, root: str, out: str) -> None
     try:
         health = ensure_health(root, workers=1, progress=False, distributed=True)
         with open(f"{out}-{rank}.json", "w") as f:
-            json.dump({"usable": [shard.usable for shard in health.shards],
-                       "bad": [shard.bad for shard in health.shards], "report": str(health.report),
-                       "scanned": scanned}, f)
+            json.dump(
+                {
+                    "usable": [shard.usable for shard in health.shards],
+                    "bad": [shard.bad for shard in health.shards],
+                    "report": str(health.report),
+                    "scanned": scanned,
+                },
+                f,
+            )
     finally:
         dist.destroy_process_group()
 
@@ -45,10 +52,15 @@ def test_two_ranks_split_the_check_and_agree_with_one_process(tmp_path):
     alone = ensure_health(shutil.copytree(faults.root, tmp_path / "alone"), workers=1, progress=False)
     mp.spawn(check_as_rank, args=(2, free_port(), str(faults.root), str(tmp_path / "rank")), nprocs=2)
     results = [json.loads((tmp_path / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
-    expected = {"usable": [shard.usable for shard in alone.shards], "bad": [shard.bad for shard in alone.shards],
-                "report": str(faults.root / REPORT)}
-    assert [result.pop("scanned") for result in results] == [["shard-000000.tar", "shard-000002.tar"],
-                                                              ["shard-000001.tar"]]
+    expected = {
+        "usable": [shard.usable for shard in alone.shards],
+        "bad": [shard.bad for shard in alone.shards],
+        "report": str(faults.root / REPORT),
+    }
+    assert [result.pop("scanned") for result in results] == [
+        ["shard-000000.tar", "shard-000002.tar"],
+        ["shard-000001.tar"],
+    ]
     assert results == [expected, expected]
     report = json.loads((faults.root / REPORT).read_text())["shards"]
     assert [report[name]["clips"] for name in sorted(report)] == [8, 8, 5]

@@ -1,5 +1,6 @@
 """The health check of shards that prepare or synthetic wrote reads what they verified instead of decoding again;
 foreign shards (no record) are decoded as before, with the same verdicts."""
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,8 @@ def without_records(root, target):
 def test_a_synthetic_set_is_checked_from_its_record_as_decoding_would(tmp_path, capsys):
     generate(tmp_path / "set", clips=5, classes=3, seed=1, duration=2, clips_per_shard=2, workers=1, progress=False)
     assert [shard["verified"] for shard in read_manifest(tmp_path / "set")["shards"]] == [
-        f"shard-{n:06d}.verified.json" for n in range(3)]
+        f"shard-{n:06d}.verified.json" for n in range(3)
+    ]
     recorded = ensure_health(tmp_path / "set", progress=False)
     decoded = ensure_health(without_records(tmp_path / "set", tmp_path / "foreign"), progress=False)
     assert [shard.decoded for shard in recorded.shards] == [0, 0, 0]
@@ -46,7 +48,9 @@ def test_prepare_records_what_it_verified_and_a_resumed_run_keeps_it(tmp_path):
     assert [shard.get("verified") for shard in shards] == ["shard-000000.verified.json", "shard-000001.verified.json"]
     record = json.loads((out / shards[0]["verified"]).read_text())["clips"]
     assert {key: (clip["facts"][:2], clip["facts"][3], clip["duration"]) for key, clip in record.items()} == {
-        "c0": ([16000, 1], 2, 1.0), "c1": ([16000, 1], 3, 1.5)}  # rate, channels, frames at 2 fps, seconds
+        "c0": ([16000, 1], 2, 1.0),
+        "c1": ([16000, 1], 3, 1.5),
+    }  # rate, channels, frames at 2 fps, seconds
     assert all(clip["facts"][2] >= 16000 * clip["duration"] for clip in record.values())  # samples (AAC's padding)
     health = ensure_health(out, progress=False)
     assert health.usable == 3 and [shard.decoded for shard in health.shards] == [0, 0]

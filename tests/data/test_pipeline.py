@@ -1,4 +1,5 @@
 """The DALI pipeline against the reference loader, frame sampling, sharding and the batch contract."""
+
 from __future__ import annotations
 
 import math
@@ -21,7 +22,7 @@ def moving_square(frames: int, seed: int) -> np.ndarray:
     video[..., 2] = rng.integers(0, 255)
     for i in range(frames):
         y, x = rng.integers(0, SIZE[0] - 24), rng.integers(0, SIZE[1] - 24)
-        video[i, y:y + 24, x:x + 24] = (230, 200, 30)
+        video[i, y : y + 24, x : x + 24] = (230, 200, 30)
     return video
 
 
@@ -39,8 +40,13 @@ def noise_and_tone(seconds: float, seed: int) -> np.ndarray:
 def write_set(root, videos: list[np.ndarray], seconds: list[float], clips_per_shard: int = 3):
     writer = ShardWriter(root, clips_per_shard)
     for i, (video, secs) in enumerate(zip(videos, seconds)):
-        writer.add(f"clip{i:03d}", encode_video(video), "webm", encode_audio(noise_and_tone(secs, i)),
-                   {"labels": [i % 3], "duration": secs, "frames": len(video), "source": "test"})
+        writer.add(
+            f"clip{i:03d}",
+            encode_video(video),
+            "webm",
+            encode_audio(noise_and_tone(secs, i)),
+            {"labels": [i % 3], "duration": secs, "frames": len(video), "source": "test"},
+        )
     write_manifest(root, writer.close(), ["a", "b", "c"], {}, [])
     return root
 
@@ -52,7 +58,9 @@ def clips(tmp_path_factory):
 
 
 def eval_spec(**kw) -> LoaderSpec:
-    return LoaderSpec(batch_size=3, audio_frames=256, mel_bins=128, video_frames=4, video_size=SIZE[0], train=False, **kw)
+    return LoaderSpec(
+        batch_size=3, audio_frames=256, mel_bins=128, video_frames=4, video_size=SIZE[0], train=False, **kw
+    )
 
 
 def all_batches(loader) -> list[dict]:
@@ -113,7 +121,9 @@ def test_frame_sampling_is_consecutive_from_a_random_start_and_loops_only_when_s
                 starts[key].add(order[0])
     assert len(starts["clip000"]) > 3 and len(starts["clip001"]) > 2  # the start is random
     assert max(starts["clip000"]) <= 12  # a whole window fits: the 10-s clip never wraps its end onto its start
-    eval_video = next(iter(Loader(root, LoaderSpec(batch_size=2, video_frames=8, video_size=48, train=False), device="cpu")))
+    eval_video = next(
+        iter(Loader(root, LoaderSpec(batch_size=2, video_frames=8, video_size=48, train=False), device="cpu"))
+    )
     assert frame_indices(eval_video["video"][0]) == list(range(6, 14))  # the centre window of 20 frames
 
 
@@ -170,9 +180,17 @@ def test_given_clips_are_read_in_their_order(clips):
 
 def test_magnitude_augmentation_shifts_each_clips_log_mel_by_its_own_gain(clips):
     """A waveform gain of u dB adds u * ln(10) / 10 to every log-mel value: one constant per clip, |u| <= gain_db."""
-    spec = dict(batch_size=3, audio_frames=256, video_frames=4, video_size=48, time_shift=False)  # clips >= 3 s: no padding
-    plain, gained = ({k: a for b in Loader(clips, LoaderSpec(**spec, gain_db=gain), device="cpu", seed=5)
-                      for k, a in zip(b["key"], b["audio"])} for gain in (0.0, 12.0))
+    spec = dict(
+        batch_size=3, audio_frames=256, video_frames=4, video_size=48, time_shift=False
+    )  # clips >= 3 s: no padding
+    plain, gained = (
+        {
+            k: a
+            for b in Loader(clips, LoaderSpec(**spec, gain_db=gain), device="cpu", seed=5)
+            for k, a in zip(b["key"], b["audio"])
+        }
+        for gain in (0.0, 12.0)
+    )
     offsets = []
     for key, audio in plain.items():
         shift = gained[key] - audio  # normalised units: log-mel / (2 * std)

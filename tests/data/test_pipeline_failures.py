@@ -1,6 +1,7 @@
 """A clip that the health check accepts (PyAV decodes it) and DALI's pipeline rejects: H.264, which DALI's CPU video
 decoder cannot read. Its batch is decoded again without it, it is counted as decode_failed_in_pipeline and left out
 of later epochs and checks, every other clip is still read once per epoch, and the batch count holds."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -27,8 +28,13 @@ def rejected_set(tmp_path):
     for i, key in enumerate(KEYS):
         video = moving_square(8, i)
         data, ext = (encode_h264(video), "mp4") if key == REJECTED else (encode_video(video), "webm")
-        writer.add(key, data, ext, encode_audio(noise_and_tone(3.0, i)),
-                   {"labels": [i % 3], "duration": 4.0, "frames": 8, "source": "test"})
+        writer.add(
+            key,
+            data,
+            ext,
+            encode_audio(noise_and_tone(3.0, i)),
+            {"labels": [i % 3], "duration": 4.0, "frames": 8, "source": "test"},
+        )
     write_manifest(tmp_path, writer.close(), ["a", "b", "c"], {}, [])
     return tmp_path
 
@@ -65,8 +71,14 @@ def test_two_ranks_drop_it_once_and_keep_their_batch_counts(rejected_set):
     assert [len(batches) for batches in seen] == [len(loader) for loader in loaders] == [2, 2]
     assert sorted(key for batches in seen for batch in batches for key in batch) == GOOD
     # the next epoch's loaders (the engine makes one per epoch) split the clips left, rank by rank alike
-    later = [[key for batch in Loader(rejected_set, SPEC, rank=rank, world_size=2, device="cpu", health=health)
-              for key in batch["key"]] for rank in (1, 0)]
+    later = [
+        [
+            key
+            for batch in Loader(rejected_set, SPEC, rank=rank, world_size=2, device="cpu", health=health)
+            for key in batch["key"]
+        ]
+        for rank in (1, 0)
+    ]
     assert sorted(later[0] + later[1]) == GOOD
 
 

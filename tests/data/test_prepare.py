@@ -1,5 +1,6 @@
 """prepare: video files of any container -> shards at 2 fps, short side 256, 16 kHz mono; bad files are
 listed in the manifest with their reason and counted in the exit status."""
+
 from __future__ import annotations
 
 import csv
@@ -26,8 +27,17 @@ def grey_level(index: int) -> int:
     return 12 * (index % 20)
 
 
-def write_media(path: Path, container_format: str, video_codec: str, audio_codec: str | None, seconds: float,
-                fps: int, width: int, height: int, audio_rate: int = 44100) -> Path:
+def write_media(
+    path: Path,
+    container_format: str,
+    video_codec: str,
+    audio_codec: str | None,
+    seconds: float,
+    fps: int,
+    width: int,
+    height: int,
+    audio_rate: int = 44100,
+) -> Path:
     """A clip with flat grey frames numbered by grey_level and a stereo 440-Hz tone (none if audio_codec is None)."""
     with av.open(str(path), "w", format=container_format) as container:
         video = container.add_stream(video_codec, rate=fps)
@@ -47,7 +57,7 @@ def write_tone(container, stream, seconds: float, rate: int) -> None:
     tone = (0.5 * np.sin(2 * np.pi * TONE * t)).astype(np.float32)
     chunk = stream.codec_context.frame_size or 1024
     for start in range(0, len(tone), chunk):
-        samples = np.stack([tone[start:start + chunk]] * 2)  # (2, n) planar stereo
+        samples = np.stack([tone[start : start + chunk]] * 2)  # (2, n) planar stereo
         frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="stereo")
         frame.sample_rate, frame.pts, frame.time_base = rate, start, Fraction(1, rate)
         container.mux(stream.encode(frame))
@@ -66,12 +76,6 @@ def media(tmp_path_factory) -> Path:
     (root / "empty.mp4").write_bytes(b"")
     (root / ".hidden").write_text("not an input")
     return root
-
-
-
-
-
-
 
 
 def dominant_frequency(waveform: np.ndarray) -> float:
@@ -127,8 +131,14 @@ def test_csv_labels_are_class_names_numbered_in_sorted_order(media, tmp_path):
         shutil.copy(media / name, tmp_path / "videos" / name)
     table = tmp_path / "clips.csv"  # paths relative to the CSV's folder
     with open(table, "w", newline="") as f:
-        csv.writer(f).writerows([["path", "labels"], ["videos/talk.mp4", "speech;dog"],
-                                 ["videos/sub/wide clip.webm", "cat"], ["videos/missing.mp4", "dog"]])
+        csv.writer(f).writerows(
+            [
+                ["path", "labels"],
+                ["videos/talk.mp4", "speech;dog"],
+                ["videos/sub/wide clip.webm", "cat"],
+                ["videos/missing.mp4", "dog"],
+            ]
+        )
     summary = prepare.prepare(table, tmp_path / "out", workers=1, progress=False)
     manifest = read_manifest(tmp_path / "out")
     assert manifest["label_names"] == ["cat", "dog", "speech"]

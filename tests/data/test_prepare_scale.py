@@ -1,6 +1,7 @@
 """prepare at AudioSet scale, on real encoded clips: AudioSet's published CSVs with a folder of downloads (cut where
 they are full videos, listed where missing), phone video turned upright, --part K/N then merge equal to one run, a
 run killed at a random clip and resumed equal to one that was not, and the refusals of a rerun with other settings."""
+
 from __future__ import annotations
 
 import hashlib
@@ -55,15 +56,27 @@ def audioset(tmp_path_factory):
         'alreadycut1, 30.000, 33.000, "/m/0jbk"\n'  # a 3-s download: the segment itself
         'missingone1, 1.000, 4.000, "/m/05zppz"\n'  # not downloaded
         'startszero1, 0.000, 3.000, "/m/0jbk,/m/09x0r"\n'
-        'missingtwo2, 7.000, 10.000, "/m/0jbk"\n')
+        'missingtwo2, 7.000, 10.000, "/m/0jbk"\n'
+    )
     (root / "dl" / "ab").mkdir(parents=True)
     small_clip(root / "dl" / "--fullvideo.mp4", 6)
     small_clip(root / "dl" / "ab" / "alreadycut1.webm", 3, "webm")
     small_clip(root / "dl" / "startszero1.mkv", 3, "matroska")
     (root / "dl" / "missingtwo2.mp4.part").write_bytes(b"half a download")
     out = root / "out"
-    status = prepare.main([str(root / "segments.csv"), "--class-index", str(root / "class_labels_indices.csv"),
-                           "--downloads", str(root / "dl"), "--out", str(out), "--workers", "1"])
+    status = prepare.main(
+        [
+            str(root / "segments.csv"),
+            "--class-index",
+            str(root / "class_labels_indices.csv"),
+            "--downloads",
+            str(root / "dl"),
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+        ]
+    )
     return out, status
 
 
@@ -75,7 +88,10 @@ def test_audioset_segments_become_clips_with_its_label_names_and_order(audioset,
     assert manifest["label_ids"] == ["/m/09x0r", "/m/05zppz", "/m/0jbk"]
     clips = decoded_clips(out)
     assert {key: meta["labels"] for key, (_, _, meta) in clips.items()} == {
-        "--fullvideo": [0, 1], "alreadycut1": [2], "startszero1": [0, 2]}
+        "--fullvideo": [0, 1],
+        "alreadycut1": [2],
+        "startszero1": [0, 2],
+    }
     for key, (frames, waveform, meta) in clips.items():
         assert meta["duration"] == pytest.approx(3.0, abs=0.02) and len(frames) == 3 * VIDEO_FPS, key
         assert abs(len(waveform) - 3 * SAMPLE_RATE) < 0.03 * SAMPLE_RATE, key
@@ -103,8 +119,17 @@ def test_the_summary_names_the_missing_list(tmp_path, capsys):
 def test_no_download_at_all_is_refused(audioset, tmp_path, capsys):
     root = audioset[0].parent
     (tmp_path / "empty").mkdir()
-    status = prepare.main([str(root / "segments.csv"), "--class-index", str(root / "class_labels_indices.csv"),
-                           "--downloads", str(tmp_path / "empty"), "--out", str(tmp_path / "out")])
+    status = prepare.main(
+        [
+            str(root / "segments.csv"),
+            "--class-index",
+            str(root / "class_labels_indices.csv"),
+            "--downloads",
+            str(tmp_path / "empty"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert status == 2 and "none of the 5 segments" in capsys.readouterr().err
 
 
@@ -112,19 +137,25 @@ def test_vggsound_as_published_with_a_split(audioset, tmp_path):
     (tmp_path / "dl").mkdir()
     small_clip(tmp_path / "dl" / "vggfull1234.mp4", 12.5)  # a whole video: [2, 12) is cut from it
     os.link(audioset[0].parent / "dl" / "ab" / "alreadycut1.webm", tmp_path / "dl" / "alreadycut1.webm")
-    (tmp_path / "vggsound.csv").write_text("vggfull1234,2,dog barking,train\nalreadycut1,30,\"cattle, bovinae "
-                                           "cowbell\",train\nmissingone1,1,dog barking,test\nnotthere123,4,"
-                                           "airplane,train\n")
-    summary = prepare.prepare(tmp_path / "vggsound.csv", tmp_path / "out", downloads=tmp_path / "dl",
-                              split="train", workers=1, progress=False)
+    (tmp_path / "vggsound.csv").write_text(
+        'vggfull1234,2,dog barking,train\nalreadycut1,30,"cattle, bovinae '
+        'cowbell",train\nmissingone1,1,dog barking,test\nnotthere123,4,'
+        "airplane,train\n"
+    )
+    summary = prepare.prepare(
+        tmp_path / "vggsound.csv", tmp_path / "out", downloads=tmp_path / "dl", split="train", workers=1, progress=False
+    )
     manifest = read_manifest(tmp_path / "out")
     assert manifest["label_names"] == ["airplane", "cattle, bovinae cowbell", "dog barking"]
     assert (summary.clips, summary.missing) == (2, ["notthere123,4"])
     clips = decoded_clips(tmp_path / "out")
     assert {key: (meta["labels"], meta["duration"]) for key, (_, _, meta) in clips.items()} == {
-        "vggfull1234": ([2], 10.0), "alreadycut1": ([1], 3.0)}  # VGGSound's 10 s; a 3-s cut used whole
+        "vggfull1234": ([2], 10.0),
+        "alreadycut1": ([1], 3.0),
+    }  # VGGSound's 10 s; a 3-s cut used whole
     assert frame_levels(clips["vggfull1234"][0]) == pytest.approx(
-        [grey_level(round((2 + j / VIDEO_FPS) * FPS)) for j in range(20)], abs=6)
+        [grey_level(round((2 + j / VIDEO_FPS) * FPS)) for j in range(20)], abs=6
+    )
 
 
 def test_the_full_or_cut_rule():
@@ -150,7 +181,7 @@ def test_a_cut_keeps_sound_and_picture_together(tmp_path):
         t = np.arange(6 * rate) / rate
         tone = (0.5 * np.sin(2 * np.pi * (300 + 100 * np.floor(t)) * t)).astype(np.float32)
         for start in range(0, len(tone), 1024):
-            frame = av.AudioFrame.from_ndarray(tone[None, start:start + 1024], format="flt", layout="mono")
+            frame = av.AudioFrame.from_ndarray(tone[None, start : start + 1024], format="flt", layout="mono")
             frame.sample_rate, frame.pts, frame.time_base = rate, start, Fraction(1, rate)
             container.mux(audio.encode(frame))
         container.mux(audio.encode())
@@ -158,7 +189,7 @@ def test_a_cut_keeps_sound_and_picture_together(tmp_path):
     assert duration == pytest.approx(2.0) and len(waveform) == 2 * SAMPLE_RATE
     assert frame_levels(frames) == pytest.approx([80, 120, 120, 160], abs=3)
     half = SAMPLE_RATE // 2
-    peaks = [np.argmax(np.abs(np.fft.rfft(waveform[k * half:(k + 1) * half]))) * 2 for k in range(4)]
+    peaks = [np.argmax(np.abs(np.fft.rfft(waveform[k * half : (k + 1) * half]))) * 2 for k in range(4)]
     assert peaks == [500, 600, 600, 700]
 
 
@@ -166,10 +197,10 @@ def test_a_cut_keeps_sound_and_picture_together(tmp_path):
 def pattern(height: int, width: int) -> np.ndarray:
     """A frame no turn or flip leaves as it is: four quadrants of different colours."""
     rgb = np.zeros((height, width, 3), np.uint8)
-    rgb[:height // 2, :width // 2] = (250, 20, 20)
-    rgb[:height // 2, width // 2:] = (20, 250, 20)
-    rgb[height // 2:, :width // 2] = (20, 20, 250)
-    rgb[height // 2:, width // 2:] = (250, 250, 20)
+    rgb[: height // 2, : width // 2] = (250, 20, 20)
+    rgb[: height // 2, width // 2 :] = (20, 250, 20)
+    rgb[height // 2 :, : width // 2] = (20, 20, 250)
+    rgb[height // 2 :, width // 2 :] = (250, 250, 20)
     return rgb
 
 
@@ -202,6 +233,7 @@ def test_a_rotated_clip_is_stored_upright(tmp_path, rotation, turn):
 
 def decode(data: bytes) -> np.ndarray:
     import io
+
     with av.open(io.BytesIO(data)) as container:
         return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
 
@@ -247,8 +279,14 @@ def contents(root: Path) -> dict[str, tuple]:
     found = {}
     for shard in read_manifest(root)["shards"]:
         for video, audio, meta in read_clips(root, shard):
-            found[meta["key"]] = (meta["labels"], meta["source"], meta["frames"], meta["duration"],
-                                  hashlib.sha256(video).hexdigest(), hashlib.sha256(audio).hexdigest())
+            found[meta["key"]] = (
+                meta["labels"],
+                meta["source"],
+                meta["frames"],
+                meta["duration"],
+                hashlib.sha256(video).hexdigest(),
+                hashlib.sha256(audio).hexdigest(),
+            )
     return found
 
 
@@ -276,7 +314,8 @@ def test_parts_then_merge_equal_one_run(labeled, whole, tmp_path, capsys):
     health = ensure_health(out, workers=1, progress=False)
     assert all(shard.decoded == 0 for shard in health.shards)  # the parts' records, read through the merged manifest
     assert health.usable == 7 and sorted(map(tuple, health.labels())) == sorted(
-        tuple(labels) for labels, *_ in contents(whole).values())
+        tuple(labels) for labels, *_ in contents(whole).values()
+    )
     spec = LoaderSpec(batch_size=3, audio_frames=128, video_frames=2, video_size=32, train=False)
     batches = list(Loader(out, spec, device="cpu"))  # DALI reads the parts' shards through the merged manifest
     assert sorted(key for batch in batches for key in batch["key"]) == sorted(contents(whole))
@@ -293,15 +332,25 @@ def test_merge_refuses_parts_made_with_other_settings(labeled, tmp_path, capsys)
     prepare.main([str(labeled), "--out", str(out), "--clips-per-shard", "2", "--workers", "1", "--part", "1/2"])
     prepare.main([str(labeled), "--out", str(out), "--clips-per-shard", "3", "--workers", "1", "--part", "2/2"])
     assert prepare.main(["merge", str(out)]) == 2
-    assert capsys.readouterr().err.strip().endswith(
-        "part 2/2 was made with --clips-per-shard 3, part 1/2 with 2; prepare every part with the same settings")
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(
+            "part 2/2 was made with --clips-per-shard 3, part 1/2 with 2; prepare every part with the same settings"
+        )
+    )
 
 
 def test_a_rerun_with_other_settings_is_refused_naming_the_setting(labeled, whole, capsys):
     assert prepare.main([str(labeled), "--out", str(whole), "--clips-per-shard", "3"]) == 2
-    assert capsys.readouterr().err.strip().endswith(
-        f"{whole}: was prepared with --clips-per-shard 2, this run has 3; rerun with the first settings to resume, "
-        f"or give a new --out")
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(
+            f"{whole}: was prepared with --clips-per-shard 2, this run has 3; rerun with the first settings to resume, "
+            f"or give a new --out"
+        )
+    )
     assert prepare.main([str(labeled), "--out", str(whole), "--clips-per-shard", "2", "--workers", "2"]) == 1
     assert "prepared 7 clips into 4 shards, skipped 1" in capsys.readouterr().out  # a finished run: nothing to do
 
@@ -334,8 +383,11 @@ def process_state(pid: int) -> tuple[str, int] | None:
 
 def children(pid: int) -> list[int]:
     """The processes whose parent is `pid`."""
-    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and (process_state(int(p.name)) or
-                                                                                  ("", 0))[1] == pid]
+    return [
+        int(p.name)
+        for p in Path("/proc").iterdir()
+        if p.name.isdigit() and (process_state(int(p.name)) or ("", 0))[1] == pid
+    ]
 
 
 def alive(pid: int) -> bool:
@@ -343,15 +395,21 @@ def alive(pid: int) -> bool:
     return state is not None and state[0] not in "ZX"
 
 
-@pytest.mark.parametrize("stop, status, workers", [(signal.SIGKILL, -signal.SIGKILL, 1),
-                                                   (signal.SIGKILL, -signal.SIGKILL, 2), (signal.SIGINT, 130, 1)])
+@pytest.mark.parametrize(
+    "stop, status, workers",
+    [(signal.SIGKILL, -signal.SIGKILL, 1), (signal.SIGKILL, -signal.SIGKILL, 2), (signal.SIGINT, 130, 1)],
+)
 def test_a_run_killed_at_a_random_clip_resumes_to_the_same_shards(many, tmp_path, stop, status, workers):
     table, whole = many
     out = tmp_path / "out"
     args = [str(table), "--out", str(out), "--clips-per-shard", "2", "--workers", str(workers)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, "-m", "mavil.data.prepare", *args], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mavil.data.prepare", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     shards_done = random.randint(stop == signal.SIGINT, 8)  # of 15 records; then a random fraction of a shard later
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None and len(prepare.read_progress(out)) < shards_done:

@@ -1,5 +1,6 @@
 """The weighted sampler of App. B on an imbalanced multi-label set: weights by the formula, draw frequencies
 proportional to them, classes balanced, ranks holding disjoint slices of one deterministic global draw."""
+
 import pytest
 import torch
 
@@ -72,8 +73,9 @@ def test_classes_are_far_more_balanced_in_the_draws_than_in_the_data():
 def test_ranks_hold_disjoint_slices_whose_union_is_the_global_draw(world_size, draws):
     weights = clip_weights(imbalanced_labels(), 5)
     global_draw = WeightedDraws(weights, draws, seed=5).epoch(2)
-    per_rank = [WeightedDraws(weights, draws, rank=r, world_size=world_size, seed=5).epoch(2)
-                for r in range(world_size)]
+    per_rank = [
+        WeightedDraws(weights, draws, rank=r, world_size=world_size, seed=5).epoch(2) for r in range(world_size)
+    ]
     sizes = [len(p) for p in per_rank]
     assert sum(sizes) == draws and max(sizes) - min(sizes) <= 1
     rebuilt = torch.empty(draws, dtype=torch.long)

@@ -1,5 +1,6 @@
 """The synthetic set: deterministic bytes, the shard format, and audio and video that match per clip
 and differ per class, all checked on the decoded shards."""
+
 from __future__ import annotations
 
 import subprocess
@@ -23,12 +24,6 @@ CLIPS, CLASSES, DURATION, PER_SHARD = 6, 3, 4, 4  # clips i and i + 3 share a cl
 def read_dir(root) -> dict[str, bytes]:
     """Every file of a shard directory, by name."""
     return {path.name: path.read_bytes() for path in sorted(root.iterdir())}
-
-
-
-
-
-
 
 
 def audio_onset_frames(waveform: np.ndarray) -> list[int]:
@@ -65,8 +60,9 @@ def spectrum(waveform: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic") / "seed0"
-    synthetic.generate(root, CLIPS, CLASSES, seed=0, duration=DURATION, clips_per_shard=PER_SHARD, workers=1,
-                       progress=False)
+    synthetic.generate(
+        root, CLIPS, CLASSES, seed=0, duration=DURATION, clips_per_shard=PER_SHARD, workers=1, progress=False
+    )
     return root
 
 
@@ -76,12 +72,33 @@ def clips(dataset):
 
 
 def test_same_seed_same_bytes_with_any_number_of_workers_and_another_seed_differs(dataset, tmp_path):
-    command = [sys.executable, "-m", "mavil.data.synthetic", "--clips", str(CLIPS), "--classes", str(CLASSES),
-               "--duration", str(DURATION), "--clips-per-shard", str(PER_SHARD), "--workers", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "mavil.data.synthetic",
+        "--clips",
+        str(CLIPS),
+        "--classes",
+        str(CLASSES),
+        "--duration",
+        str(DURATION),
+        "--clips-per-shard",
+        str(PER_SHARD),
+        "--workers",
+        "2",
+    ]
     subprocess.run([*command, "--out", str(tmp_path / "again"), "--seed", "0"], cwd=REPO, check=True)
     assert read_dir(tmp_path / "again") == read_dir(dataset)
-    synthetic.generate(tmp_path / "seed1", CLIPS, CLASSES, seed=1, duration=DURATION, clips_per_shard=PER_SHARD,
-                       workers=1, progress=False)
+    synthetic.generate(
+        tmp_path / "seed1",
+        CLIPS,
+        CLASSES,
+        seed=1,
+        duration=DURATION,
+        clips_per_shard=PER_SHARD,
+        workers=1,
+        progress=False,
+    )
     other = read_dir(tmp_path / "seed1")
     assert other.keys() == read_dir(dataset).keys()
     assert other["shard-000000.tar"] != read_dir(dataset)["shard-000000.tar"]
@@ -91,8 +108,10 @@ def test_manifest_counts_and_metadata(dataset, clips):
     manifest = read_manifest(dataset)
     assert manifest["clips"] == CLIPS and [s["clips"] for s in manifest["shards"]] == [4, 2]
     assert manifest["label_names"] == ["class-00", "class-01", "class-02"] and manifest["skipped"] == []
-    assert manifest["encoding"] == {**ENCODING, "synthetic": {"seed": 0, "classes": CLASSES, "clips": CLIPS,
-                                                              "duration": DURATION, "frame_size": [256, 320]}}
+    assert manifest["encoding"] == {
+        **ENCODING,
+        "synthetic": {"seed": 0, "classes": CLASSES, "clips": CLIPS, "duration": DURATION, "frame_size": [256, 320]},
+    }
     assert (dataset / "shard-000001.idx").read_text().startswith("v1.2 2\n")
     for i, (key, (_, _, meta)) in enumerate(sorted(clips.items())):
         assert key == f"syn0-{i:07d}" and meta["key"] == key
@@ -164,6 +183,7 @@ def test_a_failed_generation_leaves_nothing_behind(tmp_path, monkeypatch):
     def broken(out, *args, **kwargs):
         (out / "shard-000000.tar").write_bytes(b"partial")
         raise RuntimeError("disk full")
+
     monkeypatch.setattr(synthetic, "generate", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         synthetic.ensure_synthetic(tmp_path, 2, 2, 0, 1, workers=1)

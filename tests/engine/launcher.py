@@ -1,4 +1,5 @@
 """Runs the engine's entry points under the real `deepspeed` launcher, as a user would, for the engine tests."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,14 @@ from ..conftest import REPO
 DEEPSPEED = Path(sys.executable).with_name("deepspeed")
 
 
-def launch(tmp: Path, run: str, *overrides: str, config: str = "configs/tiny/stage1.json", procs: int = 2,
-           script: str | None = None) -> Path:
+def launch(
+    tmp: Path,
+    run: str,
+    *overrides: str,
+    config: str = "configs/tiny/stage1.json",
+    procs: int = 2,
+    script: str | None = None,
+) -> Path:
     """Runs the launcher to completion; -> the run directory. The synthetic sets are cached in `tmp`, the output
     goes to `tmp`/<run>.log. The script is engine/finetune.py for configs with "finetune" in their name,
     engine/pretrain.py otherwise."""
@@ -25,14 +32,31 @@ def launch(tmp: Path, run: str, *overrides: str, config: str = "configs/tiny/sta
     return run_dir
 
 
-def command(tmp: Path, run: str, *overrides: str, config: str = "configs/tiny/stage1.json", procs: int = 2,
-            script: str | None = None) -> tuple[list[str], dict]:
+def command(
+    tmp: Path,
+    run: str,
+    *overrides: str,
+    config: str = "configs/tiny/stage1.json",
+    procs: int = 2,
+    script: str | None = None,
+) -> tuple[list[str], dict]:
     """-> (argv, environment) of `launch`'s command, to run from the repository root."""
     script = script or ("engine/finetune.py" if "finetune" in config else "engine/pretrain.py")
     env = {**os.environ, "MAVIL_CACHE": str(tmp / "cache")}
     env.pop("TRITON_INTERPRET", None)
-    argv = [str(DEEPSPEED), "--num_gpus", str(procs), "--master_port", str(29500 + os.getpid() % 1000), script,
-            "--config", config, f"train.output_dir={tmp / run}", "train.log_every=1", *overrides]
+    argv = [
+        str(DEEPSPEED),
+        "--num_gpus",
+        str(procs),
+        "--master_port",
+        str(29500 + os.getpid() % 1000),
+        script,
+        "--config",
+        config,
+        f"train.output_dir={tmp / run}",
+        "train.log_every=1",
+        *overrides,
+    ]
     return argv, env
 
 

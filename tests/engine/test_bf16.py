@@ -12,6 +12,7 @@
   file's bf16 rounding at the end); audio+video fine-tuning from the stage-2 export, evaluated. Every logged
   loss finite, the module's checkpointed weights bf16. Five launches, about 2.5 minutes on two cores.
 """
+
 from __future__ import annotations
 
 import json
@@ -73,11 +74,15 @@ def test_deepspeed_bf16_casts_the_stage2_teacher_with_the_student(tmp_path):
 
     env = {**os.environ, "PORT": str(free_port()), "MAVIL_CACHE": str(tmp_path / "cache")}
     env.pop("TRITON_INTERPRET", None)
-    result = subprocess.run([sys.executable, "-c", TEACHER_PROBE], cwd=REPO, env=env, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", TEACHER_PROBE], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     output = result.stdout[-3000:] + result.stderr[-3000:]
-    reports = {line.split(" ", 1)[0]: json.loads(line.split(" ", 1)[1]) for line in result.stdout.splitlines()
-               if line.startswith(("INIT ", "STEP "))}
+    reports = {
+        line.split(" ", 1)[0]: json.loads(line.split(" ", 1)[1])
+        for line in result.stdout.splitlines()
+        if line.startswith(("INIT ", "STEP "))
+    }
     assert "INIT" in reports, output
     report = reports["INIT"]  # right after deepspeed.initialize
     assert report["bf16"] and report["student"] == ["torch.bfloat16"], report
@@ -114,16 +119,23 @@ def straight(workdir) -> Path:
 
 @pytest.fixture(scope="module")
 def stage2(workdir, straight) -> Path:
-    return launch(workdir, "stage2", *BF16, "train.max_steps=3", f"model.teacher={straight / 'model.safetensors'}",
-                  config="configs/tiny/stage2.json")
+    return launch(
+        workdir,
+        "stage2",
+        *BF16,
+        "train.max_steps=3",
+        f"model.teacher={straight / 'model.safetensors'}",
+        config="configs/tiny/stage2.json",
+    )
 
 
 def assert_finite_bf16_run(run_dir: Path) -> list[dict]:
     """-> its metrics lines, every loss part finite; the newest checkpoint's module weights bf16."""
     lines = metrics(run_dir)
-    assert lines and all(math.isfinite(v) for l in lines for k, v in l.items() if k.startswith("loss")), lines
-    states = torch.load(run_dir / "checkpoints" / tag_for(latest_step(run_dir)) / "mp_rank_00_model_states.pt",
-                        weights_only=False)
+    assert lines and all(math.isfinite(v) for line in lines for k, v in line.items() if k.startswith("loss")), lines
+    states = torch.load(
+        run_dir / "checkpoints" / tag_for(latest_step(run_dir)) / "mp_rank_00_model_states.pt", weights_only=False
+    )
     assert {t.dtype for t in states["module"].values()} == {torch.bfloat16}
     return lines
 
@@ -134,17 +146,18 @@ def kept(line: dict) -> dict:
 
 def test_stage1_in_bf16_skips_a_poisoned_step_and_resumes_exactly(straight, workdir):
     lines = assert_finite_bf16_run(straight)
-    assert [l["step"] for l in lines] == [s for s in range(1, STEPS + 1) if s != POISONED]
+    assert [line["step"] for line in lines] == [s for s in range(1, STEPS + 1) if s != POISONED]
     skipped = metrics(straight, event="skipped_step")
-    assert [(e["step"], e["reason"], e["skipped_steps"]) for e in skipped] == \
-        [(POISONED, "non-finite loss on rank 1", 1)]
+    assert [(e["step"], e["reason"], e["skipped_steps"]) for e in skipped] == [
+        (POISONED, "non-finite loss on rank 1", 1)
+    ]
     assert lines[-1]["skipped_steps"] == 1
 
     first = launched(Launch(workdir, "resumed", *STAGE1, f"train.max_steps={STOP}", inject=INJECT))
     assert latest_step(first.run_dir) == STOP
     again = launched(Launch(workdir, "resumed", *STAGE1, f"train.max_steps={STEPS}", inject=INJECT, name="resumed-2"))
     assert f"resuming at step {STOP}" in again.output()
-    assert [kept(l) for l in metrics(again.run_dir)] == [kept(l) for l in lines]
+    assert [kept(line) for line in metrics(again.run_dir)] == [kept(line) for line in lines]
     checkpoints = (load_checkpoint(run, STEPS, bf16=True) for run in (again.run_dir, straight))
     assert differences(*checkpoints) == []  # weights, fp32 master partitions, AdamW's state, RNG states
     for rank in (0, 1):  # the same clips in the same order
@@ -153,15 +166,23 @@ def test_stage1_in_bf16_skips_a_poisoned_step_and_resumes_exactly(straight, work
 
 
 def test_stage2_in_bf16_from_a_stage1_export(stage2):
-    assert [l["step"] for l in assert_finite_bf16_run(stage2)] == [1, 2, 3]
+    assert [line["step"] for line in assert_finite_bf16_run(stage2)] == [1, 2, 3]
     record = json.loads((stage2 / "teacher.json").read_text())
     assert record["dtype"] == "bfloat16" and record["sha256_after_training"] == record["sha256_file"]
 
 
 def test_finetuning_in_bf16_from_the_stage2_export(stage2, workdir):
-    run_dir = launch(workdir, "finetune", *BF16, "train.max_steps=2", "finetune.mode=audio+video",
-                     f"finetune.init={stage2 / 'model.safetensors'}", "finetune.eval_clips=2",
-                     "finetune.eval_synthetic_clips=16", config="configs/tiny/finetune.json")
-    assert [l["step"] for l in assert_finite_bf16_run(run_dir)] == [1, 2]
+    run_dir = launch(
+        workdir,
+        "finetune",
+        *BF16,
+        "train.max_steps=2",
+        "finetune.mode=audio+video",
+        f"finetune.init={stage2 / 'model.safetensors'}",
+        "finetune.eval_clips=2",
+        "finetune.eval_synthetic_clips=16",
+        config="configs/tiny/finetune.json",
+    )
+    assert [line["step"] for line in assert_finite_bf16_run(run_dir)] == [1, 2]
     scores = json.loads((run_dir / "eval.json").read_text())
     assert scores["clips"] == 16 and all(math.isfinite(scores[k]) for k in ("mAP", "accuracy", "mAP_2clips"))

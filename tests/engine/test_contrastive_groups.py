@@ -1,5 +1,6 @@
 """model.contrastive_group: InfoNCE over groups of a fixed number of clips, the same loss and gradients on 1 or 2
 ranks, against one single-process computation over the same groups."""
+
 import os
 
 import pytest
@@ -27,7 +28,7 @@ def reference(x, y, symmetric):
     """Per-query losses, each query against the keys of its own group of GROUP consecutive clips (one process)."""
     rows = []
     for start in range(0, x.shape[0], GROUP):
-        xs, ys = F.normalize(x[start:start + GROUP], dim=1), F.normalize(y[start:start + GROUP], dim=1)
+        xs, ys = F.normalize(x[start : start + GROUP], dim=1), F.normalize(y[start : start + GROUP], dim=1)
         logits, labels = xs @ ys.T / TAU, torch.arange(GROUP)
         loss = F.cross_entropy(logits, labels, reduction="none")
         if symmetric:
@@ -47,8 +48,11 @@ def run_ranks(world: int, symmetric: bool, total: int):
     results = mp.Manager().dict()
     mp.spawn(worker, args=(free_port(), world, symmetric, total, results), nprocs=world, join=True)
     loss = sum(results[r][0] for r in range(world)) / world
-    return loss, torch.cat([results[r][1] for r in range(world)]) / world, \
-        torch.cat([results[r][2] for r in range(world)]) / world
+    return (
+        loss,
+        torch.cat([results[r][1] for r in range(world)]) / world,
+        torch.cat([results[r][2] for r in range(world)]) / world,
+    )
 
 
 def worker(rank, port, world, symmetric, total, results):
@@ -93,8 +97,9 @@ def test_two_ranks_give_the_loss_and_gradients_of_one_process(total, symmetric):
 def test_a_partial_last_batch_keeps_its_groups():
     x, y = clips()
     loss = grouped_info_nce(x[:11], y[:11], TAU, group=GROUP, micro_batch=CLIPS)  # groups of 8 and 3 clips
-    expected = torch.cat([torch.full((8,), info_nce(x[:8], y[:8], TAU).item()),
-                          torch.full((3,), info_nce(x[8:11], y[8:11], TAU).item())]).mean()
+    expected = torch.cat(
+        [torch.full((8,), info_nce(x[:8], y[:8], TAU).item()), torch.full((3,), info_nce(x[8:11], y[8:11], TAU).item())]
+    ).mean()
     torch.testing.assert_close(loss, expected)
 
 
@@ -102,8 +107,9 @@ def test_groups_that_cannot_form_are_refused():
     check_groups(8, 64, 8)  # 8 groups per rank
     check_groups(8, 4, 2)  # pairs of ranks
     check_groups(None, 3, 5)
-    with pytest.raises(ValueError, match="contrastive_group = 8: groups of 8 clips cannot be formed from micro-batches "
-                                         "of 4 clips"):
+    with pytest.raises(
+        ValueError, match="contrastive_group = 8: groups of 8 clips cannot be formed from micro-batches of 4 clips"
+    ):
         check_groups(8, 4, 3)  # 3 ranks of 4 clips: no whole groups of 8
     with pytest.raises(ValueError, match="micro-batches of 12 clips"):
         check_groups(8, 12, 1)

@@ -1,5 +1,6 @@
 """mavil.extract, mavil.predict and export --format av-superb on real encoded files: a small synthetic set, video
 files with sound written from its clips, a tiny pre-training export and a tiny fine-tuned run directory."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,9 @@ CLIPS, CLASSES = 6, 4
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    return ensure_synthetic(tmp_path_factory.mktemp("cache"), clips=CLIPS, classes=CLASSES, seed=0, duration=4,
-                            workers=1)
+    return ensure_synthetic(
+        tmp_path_factory.mktemp("cache"), clips=CLIPS, classes=CLASSES, seed=0, duration=4, workers=1
+    )
 
 
 def write_video_file(path, frames: np.ndarray, waveform: np.ndarray, fps: int = 2, rate: int = 16000):
@@ -42,7 +44,7 @@ def write_video_file(path, frames: np.ndarray, waveform: np.ndarray, fps: int = 
         container.mux(video.encode())
         samples = waveform.astype(np.float32)
         for start in range(0, len(samples), 1024):
-            chunk = av.AudioFrame.from_ndarray(samples[None, start:start + 1024], format="flt", layout="mono")
+            chunk = av.AudioFrame.from_ndarray(samples[None, start : start + 1024], format="flt", layout="mono")
             chunk.sample_rate, chunk.pts, chunk.time_base = rate, start, Fraction(1, rate)
             container.mux(audio.encode(chunk))
         container.mux(audio.encode())
@@ -83,8 +85,24 @@ def run_dir(shards, tmp_path_factory):
 
 def test_extract_from_shards_matches_the_evaluation_path(shards, weights, tmp_path):
     out = tmp_path / "emb.safetensors"
-    assert extract.main(["--weights", str(weights), "--data", str(shards), "--out", str(out), "--layers",
-                         "--workers", "0", "--batch", "4"]) == 0
+    assert (
+        extract.main(
+            [
+                "--weights",
+                str(weights),
+                "--data",
+                str(shards),
+                "--out",
+                str(out),
+                "--layers",
+                "--workers",
+                "0",
+                "--batch",
+                "4",
+            ]
+        )
+        == 0
+    )
     cfg = tiny_config().model
     with safe_open(str(out), framework="pt") as f:
         keys = json.loads(f.metadata()["keys"])
@@ -97,8 +115,14 @@ def test_extract_from_shards_matches_the_evaluation_path(shards, weights, tmp_pa
     assert torch.equal(found["audio_layers"][:, -1], found["audio"])
     # the evaluation path by hand: the reference loader at train=False, the encoders' pooled outputs
     backbone, model_cfg = extract.load_backbone(weights)
-    spec = LoaderSpec(CLIPS, model_cfg.audio_frames, model_cfg.audio_mel_bins, model_cfg.video_frames,
-                      model_cfg.video_size, train=False)
+    spec = LoaderSpec(
+        CLIPS,
+        model_cfg.audio_frames,
+        model_cfg.audio_mel_bins,
+        model_cfg.video_frames,
+        model_cfg.video_size,
+        train=False,
+    )
     batch = next(iter(reference_loader(shards, spec)))
     assert batch["key"] == keys
     with torch.no_grad():
@@ -141,10 +165,12 @@ def test_predict_refuses_bad_inputs_in_one_line(run_dir, files, weights, tmp_pat
     pre_run.mkdir()
     (pre_run / "config.json").write_text((run_dir / "config.json").read_text())
     (pre_run / "model.safetensors").write_bytes(weights.read_bytes())
-    cases = [([str(run_dir), str(tmp_path / "missing.mp4")], "missing.mp4: no such file"),
-             ([str(run_dir), str(broken)], "broken.mp4: not a readable media file"),
-             ([str(empty_run), str(files[0])], "not a run directory"),
-             ([str(pre_run), str(files[0])], "not a fine-tuned classifier")]
+    cases = [
+        ([str(run_dir), str(tmp_path / "missing.mp4")], "missing.mp4: no such file"),
+        ([str(run_dir), str(broken)], "broken.mp4: not a readable media file"),
+        ([str(empty_run), str(files[0])], "not a run directory"),
+        ([str(pre_run), str(files[0])], "not a fine-tuned classifier"),
+    ]
     for (run, path), message in cases:
         assert predict.main(["--run", run, path]) == 2
         err = capsys.readouterr().err

@@ -1,4 +1,5 @@
 """Fine-tuning: the classifier, its masking and augmentations, and engine/finetune.py under the launcher."""
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,9 @@ from .launcher import launch, metrics
 
 def inputs(cfg, batch=2):
     m = cfg.model
-    return torch.randn(batch, 1, m.audio_frames, m.audio_mel_bins), torch.randn(batch, 3, m.video_frames, m.video_size, m.video_size)
+    return torch.randn(batch, 1, m.audio_frames, m.audio_mel_bins), torch.randn(
+        batch, 3, m.video_frames, m.video_size, m.video_size
+    )
 
 
 @pytest.mark.parametrize("mode", ["audio", "video", "audio+video"])
@@ -83,8 +86,12 @@ def test_noise_is_20_db_below_the_signal():
 
 def test_mixup_mixes_inputs_and_labels_with_one_weight():
     torch.manual_seed(0)
-    batch = {"audio": torch.randn(4, 1, 8, 4), "video": torch.randn(4, 3, 2, 4, 4),
-             "label": torch.eye(4), "key": ["a", "b", "c", "d"]}
+    batch = {
+        "audio": torch.randn(4, 1, 8, 4),
+        "video": torch.randn(4, 3, 2, 4, 4),
+        "label": torch.eye(4),
+        "key": ["a", "b", "c", "d"],
+    }
     mixed = mixup(batch, 0.5)
     assert torch.allclose(mixed["label"].sum(1), torch.ones(4))
     lam = mixed["label"].max(dim=1).values.min()  # the larger share of each row
@@ -105,8 +112,15 @@ def workdir(tmp_path_factory):
 
 
 def test_finetune_trains_and_evaluates_under_the_launcher(workdir):
-    run_dir = launch(workdir, "audio", "train.max_steps=4", "finetune.mode=audio+video", "finetune.eval_clips=2",
-                     "finetune.eval_synthetic_clips=24", config="configs/tiny/finetune.json")
+    run_dir = launch(
+        workdir,
+        "audio",
+        "train.max_steps=4",
+        "finetune.mode=audio+video",
+        "finetune.eval_clips=2",
+        "finetune.eval_synthetic_clips=24",
+        config="configs/tiny/finetune.json",
+    )
     scores = json.loads((run_dir / "eval.json").read_text())
     assert scores["clips"] == 24  # every evaluation clip once over the two ranks
     assert {"mAP", "accuracy", "mAP_2clips", "accuracy_2clips"} <= scores.keys()
@@ -114,7 +128,15 @@ def test_finetune_trains_and_evaluates_under_the_launcher(workdir):
 
 
 def test_weighted_sampling_and_retrieval_under_the_launcher(workdir):
-    run_dir = launch(workdir, "retrieval", "train.max_steps=2", "finetune.mode=retrieval", "finetune.weighted_sampling=true",
-                     "finetune.sampling_size=64", "finetune.eval_synthetic_clips=24", config="configs/tiny/finetune.json")
+    run_dir = launch(
+        workdir,
+        "retrieval",
+        "train.max_steps=2",
+        "finetune.mode=retrieval",
+        "finetune.weighted_sampling=true",
+        "finetune.sampling_size=64",
+        "finetune.eval_synthetic_clips=24",
+        config="configs/tiny/finetune.json",
+    )
     scores = json.loads((run_dir / "eval.json").read_text())
     assert scores["pairs"] == 24 and 0 <= scores["a2v_R@1"] <= 1 and "v2a_median_rank" in scores

@@ -2,6 +2,7 @@
 1024-frame pre-training export. The weights load; the fixed positions are rebuilt for the new grid; pre-flight
 compares only what makes weights incompatible (widths, depths, heads, patches, position schemes), except for a
 stage-2 teacher, whose tokens must be the student's."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,13 @@ def export(tmp_path_factory):
 @pytest.mark.parametrize("frames", [512, 128])  # ESC-50, SPC
 def test_encoders_load_into_other_lengths_with_positions_for_the_new_grid(export, frames):
     pretrained, path = export
-    cfg = tiny_config(f"model.audio_frames={frames}", "model.audio_mel_bins=128", "model.video_frames=8",
-                      "model.video_size=96", "finetune.mode=audio+video")
+    cfg = tiny_config(
+        f"model.audio_frames={frames}",
+        "model.audio_mel_bins=128",
+        "model.video_frames=8",
+        "model.video_size=96",
+        "finetune.mode=audio+video",
+    )
     parts = ("audio_encoder", "video_encoder")
     assert architecture_differences(stored_architecture(path, parts), cfg.model, parts) == []
     model = Classifier(cfg.model, "audio+video", num_classes=5)
@@ -51,6 +57,7 @@ def test_encoders_load_into_other_lengths_with_positions_for_the_new_grid(export
 
 def test_preflight_compares_what_makes_weights_incompatible(export, tmp_path):
     _, path = export
+
     def check(*overrides, parts=("audio_encoder",), same_grid=False):
         cfg = tiny_config(*overrides)
         _check_weights(cfg, Checker(cfg.source, "finetune"), "init", str(path), parts, same_grid)
@@ -68,11 +75,22 @@ def test_preflight_compares_what_makes_weights_incompatible(export, tmp_path):
 
 def test_spc_finetunes_from_a_1024_frame_export_under_the_launcher(export, tmp_path):
     _, path = export
-    run_dir = launch(tmp_path, "spc", f"finetune.init={path}", "model.audio_frames=128", "model.audio_mel_bins=128",
-                     "finetune.mode=audio", "train.max_steps=2", "finetune.eval_clips=1",
-                     "finetune.eval_synthetic_clips=8", "data.synthetic_clips=16", "data.synthetic_duration=4",
-                     "finetune.specaug_time=24",
-                     config="configs/tiny/finetune.json", procs=1)
+    run_dir = launch(
+        tmp_path,
+        "spc",
+        f"finetune.init={path}",
+        "model.audio_frames=128",
+        "model.audio_mel_bins=128",
+        "finetune.mode=audio",
+        "train.max_steps=2",
+        "finetune.eval_clips=1",
+        "finetune.eval_synthetic_clips=8",
+        "data.synthetic_clips=16",
+        "data.synthetic_duration=4",
+        "finetune.specaug_time=24",
+        config="configs/tiny/finetune.json",
+        procs=1,
+    )
     log = (tmp_path / "spc.log").read_text()
     assert f"initialised audio_encoder from {path}" in log
     assert [line["step"] for line in metrics(run_dir)] == [1, 2]

@@ -1,4 +1,5 @@
 """Negatives gathered across data-parallel ranks: the loss of the whole global batch, with its gradient."""
+
 import os
 
 import torch
@@ -42,12 +43,14 @@ def test_two_ranks_give_the_loss_and_gradients_of_the_concatenated_batch():
     xn, yn = F.normalize(x, dim=1), F.normalize(y, dim=1)
     logits = xn @ yn.T / 0.1
     labels = torch.arange(sum(ROWS))
-    per_row = (F.cross_entropy(logits, labels, reduction="none") + F.cross_entropy(logits.T, labels, reduction="none")) / 2
+    per_row = (
+        F.cross_entropy(logits, labels, reduction="none") + F.cross_entropy(logits.T, labels, reduction="none")
+    ) / 2
     for rank in (0, 1):
         start = sum(ROWS[:rank])
-        torch.testing.assert_close(results[rank][0], per_row[start:start + ROWS[rank]].mean())
+        torch.testing.assert_close(results[rank][0], per_row[start : start + ROWS[rank]].mean())
     # data-parallel training averages the ranks' gradients: that is the gradient of the mean of the ranks' losses
-    objective = sum(per_row[sum(ROWS[:r]):sum(ROWS[:r + 1])].mean() for r in (0, 1)) / 2
+    objective = sum(per_row[sum(ROWS[:r]) : sum(ROWS[: r + 1])].mean() for r in (0, 1)) / 2
     objective.backward()
     got_x = torch.cat([results[r][1] for r in (0, 1)]) / 2
     got_y = torch.cat([results[r][2] for r in (0, 1)]) / 2

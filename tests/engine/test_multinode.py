@@ -12,6 +12,7 @@ then the same commands are relaunched and resume to step 6. The run must equal a
 the same config bit for bit: each rank sees the same clips (disjoint between the ranks in every epoch), the same
 losses, and ends in the same checkpoint and export.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,16 +39,34 @@ def launch_nodes(tmp: Path, run: str, *overrides: str) -> list[str]:
     hostfile = tmp / "hostfile"
     hostfile.write_text("".join(f"node{n} slots=1\n" for n in range(NODES)))
     argv, env = command(tmp, run, *overrides)
-    script = argv[argv.index("engine/pretrain.py"):]
+    script = argv[argv.index("engine/pretrain.py") :]
     port = str(free_port())
     logs = [tmp / f"{run}-node{n}.log" for n in range(NODES)]
     nodes = []
     for n, log in enumerate(logs):
         with open(log, "w") as out:
-            nodes.append(subprocess.Popen(
-                [str(DEEPSPEED), "--hostfile", str(hostfile), "--no_ssh", "--node_rank", str(n),
-                 "--master_addr", "127.0.0.1", "--master_port", port, *script],
-                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+            nodes.append(
+                subprocess.Popen(
+                    [
+                        str(DEEPSPEED),
+                        "--hostfile",
+                        str(hostfile),
+                        "--no_ssh",
+                        "--node_rank",
+                        str(n),
+                        "--master_addr",
+                        "127.0.0.1",
+                        "--master_port",
+                        port,
+                        *script,
+                    ],
+                    cwd=REPO,
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
     try:
         codes = [node.wait(timeout=TIMEOUT) for node in nodes]
     finally:
@@ -56,8 +75,9 @@ def launch_nodes(tmp: Path, run: str, *overrides: str) -> list[str]:
                 os.killpg(node.pid, signal.SIGKILL)
                 node.wait()
     outputs = [log.read_text(errors="replace") for log in logs]
-    assert codes == [0] * NODES, "\n".join(f"node {n}, exit status {code}:\n{text[-3000:]}"
-                                           for n, (code, text) in enumerate(zip(codes, outputs)))
+    assert codes == [0] * NODES, "\n".join(
+        f"node {n}, exit status {code}:\n{text[-3000:]}" for n, (code, text) in enumerate(zip(codes, outputs))
+    )
     return outputs
 
 
@@ -83,8 +103,9 @@ def test_two_nodes_train_disjoint_data_checkpoint_resume_and_equal_one_node(tmp_
     logged = ("step", "epoch", "lr", "skipped_steps")
     ours, theirs = metrics(run_dir), metrics(single)
     assert [line["step"] for line in ours] == list(range(1, STEPS + 1))
-    assert [{k: v for k, v in line.items() if k.startswith("loss") or k in logged} for line in ours] == \
-           [{k: v for k, v in line.items() if k.startswith("loss") or k in logged} for line in theirs]
+    assert [{k: v for k, v in line.items() if k.startswith("loss") or k in logged} for line in ours] == [
+        {k: v for k, v in line.items() if k.startswith("loss") or k in logged} for line in theirs
+    ]
     assert differences(load_checkpoint(run_dir, STEPS), load_checkpoint(single, STEPS)) == []
     exported, again = (read_weights(path / "model.safetensors")[0] for path in (run_dir, single))
     assert exported.keys() == again.keys() and all(exported[k].equal(again[k]) for k in exported)

@@ -12,8 +12,13 @@ def fake_run(root, name, mode, init, scores):
 
 def test_one_row_per_run_with_its_scores(tmp_path, capsys):
     fake_run(tmp_path, "a", "audio", None, {"clips": 8, "mAP": 0.5, "accuracy": 0.25})
-    fake_run(tmp_path, "v", "video", "x.safetensors",
-             {"clips": 8, "mAP": 0.75, "accuracy": 0.5, "accuracy_10clips": 0.625, "mAP_10clips": 0.875})
+    fake_run(
+        tmp_path,
+        "v",
+        "video",
+        "x.safetensors",
+        {"clips": 8, "mAP": 0.75, "accuracy": 0.5, "accuracy_10clips": 0.625, "mAP_10clips": 0.875},
+    )
     fake_run(tmp_path, "r", "retrieval", None, {"pairs": 8, "a2v_R@1": 0.125, "chance_R@1": 0.125})
     found = {row["run"]: row for row in rows(tmp_path)}
     assert found["a"]["init"] == "random" and found["a"]["mAP multi-clip"] is None

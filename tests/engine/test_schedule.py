@@ -27,5 +27,5 @@ def test_warmup_then_half_cycle_cosine():
     assert lr_at(20.0, train) == pytest.approx(1e-6)
     values = [lr_at(e / 10, train) for e in range(201)]
     peak = values.index(max(values))
-    assert peak == 40 and all(a <= b for a, b in zip(values[:peak], values[1:peak + 1]))
-    assert all(a >= b for a, b in zip(values[peak:], values[peak + 1:]))
+    assert peak == 40 and all(a <= b for a, b in zip(values[:peak], values[1 : peak + 1]))
+    assert all(a >= b for a, b in zip(values[peak:], values[peak + 1 :]))

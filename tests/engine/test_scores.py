@@ -1,5 +1,6 @@
 """Evaluation scores against scikit-learn (mAP, accuracy), retrieval on known rankings, and the gather of
 predictions across two gloo ranks holding different row counts."""
+
 import os
 import warnings
 
@@ -10,8 +11,14 @@ import torch.multiprocessing as mp
 from sklearn.metrics import accuracy_score, average_precision_score
 
 from mavil.engine.launch import free_port
-from mavil.engine.scores import (_true_key_ranks, accuracy, chance_recall, gather_predictions,
-                                 mean_average_precision, retrieval_metrics)
+from mavil.engine.scores import (
+    _true_key_ranks,
+    accuracy,
+    chance_recall,
+    gather_predictions,
+    mean_average_precision,
+    retrieval_metrics,
+)
 
 ROWS = (5, 3)  # rank 0 holds 5 predictions, rank 1 holds 3 (a partial last batch)
 
@@ -102,8 +109,7 @@ def test_identity_embeddings_retrieve_perfectly_both_ways():
     for prefix in ("a2v_", "v2a_"):
         assert metrics[f"{prefix}R@1"] == metrics[f"{prefix}R@5"] == metrics[f"{prefix}R@10"] == 1.0
         assert metrics[f"{prefix}median_rank"] == 1.0
-    assert set(retrieval_metrics(torch.eye(20), torch.eye(20))) == {"a2v_R@1", "a2v_R@5", "a2v_R@10",
-                                                                    "a2v_median_rank"}
+    assert set(retrieval_metrics(torch.eye(20), torch.eye(20))) == {"a2v_R@1", "a2v_R@5", "a2v_R@10", "a2v_median_rank"}
 
 
 def test_known_ranks():
@@ -165,9 +171,9 @@ def gather_worker(rank: int, port: int, results) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     scores, ids = full_predictions()
-    mine = slice(sum(ROWS[:rank]), sum(ROWS[:rank + 1]))
+    mine = slice(sum(ROWS[:rank]), sum(ROWS[: rank + 1]))
     buffer = torch.full((6,), -1, dtype=torch.long)  # a fixed-size buffer, its first ROWS[rank] rows real
-    buffer[:ROWS[rank]] = ids[mine]
+    buffer[: ROWS[rank]] = ids[mine]
     results[rank] = (gather_predictions(scores[mine]), gather_predictions(buffer, ROWS[rank]))
     dist.destroy_process_group()
 

@@ -1,4 +1,5 @@
 """Reconstruction figures (engine/visualize.py) and training curves (engine/plot.py), on the CPU."""
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,10 @@ def normalised(target: torch.Tensor) -> torch.Tensor:
 
 def random_inputs(m: ModelConfig, batch: int = CLIPS, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, 1, m.audio_frames, m.audio_mel_bins, generator=g),
-            torch.randn(batch, 3, m.video_frames, m.video_size, m.video_size, generator=g))
+    return (
+        torch.randn(batch, 1, m.audio_frames, m.audio_mel_bins, generator=g),
+        torch.randn(batch, 3, m.video_frames, m.video_size, m.video_size, generator=g),
+    )
 
 
 def outputs_of(model: MAViL, seed: int = 0, mask_ratio: float = 0.7) -> dict[str, torch.Tensor]:
@@ -55,6 +58,7 @@ def model() -> MAViL:
 
 
 # ---- the panels' arrays ------------------------------------------------------------------------------------
+
 
 def test_panel_shapes(model):
     m = model.cfg
@@ -103,8 +107,15 @@ def test_masked_panel_greys_exactly_the_hidden_patches(model):
 def test_original_panel_undoes_the_imagenet_normalisation(model):
     m = model.cfg
     outputs = outputs_of(model)
-    v_orig, _, _ = restored_inputs(outputs["video_pred"], outputs["video_mask"], outputs["video_target"],
-                                   tuple(m.video_patch), 3, (m.video_frames, m.video_size, m.video_size), False)
+    v_orig, _, _ = restored_inputs(
+        outputs["video_pred"],
+        outputs["video_mask"],
+        outputs["video_target"],
+        tuple(m.video_patch),
+        3,
+        (m.video_frames, m.video_size, m.video_size),
+        False,
+    )
     pixel = v_orig[0, :, 0, 0, 0]  # clip 0, frame 0, row 0, column 0, in input units
     expected = (pixel * torch.tensor([0.229, 0.224, 0.225]) + torch.tensor([0.485, 0.456, 0.406])).clamp(0, 1)
     drawn = reconstruction_panels(outputs, m)["video"].original[0, 0, 0, 0]
@@ -117,14 +128,25 @@ def test_a_model_returning_its_targets_reconstructs_the_original(norm_pix):
     m = tiny_config(f"model.norm_pix_loss={str(norm_pix).lower()}").model
     identity = IdentityModel(m).eval()
     outputs = outputs_of(identity)
-    for modality, chans, size, patch in (("audio", 1, (m.audio_frames, m.audio_mel_bins), m.audio_patch),
-                                         ("video", 3, (m.video_frames, m.video_size, m.video_size), m.video_patch)):
-        original, restored, _ = restored_inputs(outputs[f"{modality}_pred"], outputs[f"{modality}_mask"],
-                                                outputs[f"{modality}_target"], tuple(patch), chans, size, norm_pix)
+    for modality, chans, size, patch in (
+        ("audio", 1, (m.audio_frames, m.audio_mel_bins), m.audio_patch),
+        ("video", 3, (m.video_frames, m.video_size, m.video_size), m.video_patch),
+    ):
+        original, restored, _ = restored_inputs(
+            outputs[f"{modality}_pred"],
+            outputs[f"{modality}_mask"],
+            outputs[f"{modality}_target"],
+            tuple(patch),
+            chans,
+            size,
+            norm_pix,
+        )
         torch.testing.assert_close(restored, original, rtol=0, atol=1e-5)
     panels = reconstruction_panels(outputs, m)
     for modality in ("audio", "video"):  # images: colours of values equal to ~1e-6 (norm-pix may move a colour step)
-        np.testing.assert_allclose(panels[modality].reconstruction, panels[modality].original, atol=0 if not norm_pix else 0.02)
+        np.testing.assert_allclose(
+            panels[modality].reconstruction, panels[modality].original, atol=0 if not norm_pix else 0.02
+        )
         if norm_pix:
             close = np.isclose(panels[modality].reconstruction, panels[modality].original, atol=1e-5).all(-1)
             assert close.mean() > 0.999
@@ -135,6 +157,7 @@ def test_norm_pix_rescaling_inverts_the_loss_normalisation():
     torch.testing.assert_close(rescaled_norm_pix(normalised(target), target), target, rtol=0, atol=1e-5)
     # the same normalisation as the loss: a perfect norm-pix prediction has zero masked_mse
     from mavil.kernels import masked_mse_reference
+
     assert masked_mse_reference(normalised(target), target, torch.ones(3, 5), norm_pix=True) < 1e-10
 
 
@@ -146,13 +169,14 @@ def test_patchify_targets_and_the_drawn_grid(model):
     torch.testing.assert_close(outputs["audio_target"], patchify(audio, tuple(m.audio_patch)))
     fig = draw(reconstruction_panels(outputs, m), ["a", "b"], "title\n" + NORM_PIX_NOTE)
     assert len(fig.axes) == CLIPS * 3 * (m.video_frames + 1)  # per clip 3 rows of T frames + 1 spectrogram
-    spectrogram_axes = fig.axes[m.video_frames::m.video_frames + 1]
+    spectrogram_axes = fig.axes[m.video_frames :: m.video_frames + 1]
     assert len(spectrogram_axes) == CLIPS * 3
     assert all(ax.images[0].origin == "lower" for ax in spectrogram_axes)  # frequency up
     assert spectrogram_axes[0].images[0].get_array().shape == (m.audio_mel_bins, m.audio_frames, 3)  # time along x
 
 
 # ---- the command line on a small shard set -----------------------------------------------------------------
+
 
 def tone(seconds: float, hz: float) -> np.ndarray:
     t = np.arange(int(seconds * 16000)) / 16000
@@ -164,7 +188,7 @@ def square_clip(frames: int, seed: int) -> np.ndarray:
     video = np.full((frames, 64, 80, 3), 40, np.uint8)
     for i in range(frames):
         y, x = rng.integers(0, 40, 2)
-        video[i, y:y + 24, x:x + 24] = (230, 200, 30)
+        video[i, y : y + 24, x : x + 24] = (230, 200, 30)
     return video
 
 
@@ -173,8 +197,13 @@ def shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("shards")
     writer = ShardWriter(root, 2)
     for i in range(3):
-        writer.add(f"clip{i}", encode_video(square_clip(5, i)), "webm", encode_audio(tone(1.5, 300 + 200 * i)),
-                   {"labels": [i % 2], "duration": 1.5, "frames": 5, "source": "test"})
+        writer.add(
+            f"clip{i}",
+            encode_video(square_clip(5, i)),
+            "webm",
+            encode_audio(tone(1.5, 300 + 200 * i)),
+            {"labels": [i % 2], "duration": 1.5, "frames": 5, "source": "test"},
+        )
     write_manifest(root, writer.close(), ["a", "b"], {}, [])
     return root
 
@@ -207,8 +236,23 @@ def test_command_line_writes_the_figure(run_dir, tmp_path, capsys, monkeypatch):
     assert imread(out).shape == (round(height), round(width), 4)
     assert out.stat().st_size < 500_000
     out2 = tmp_path / "same.png"  # --weights with --config names the same run
-    assert visualize.main(["--weights", str(run_dir / "model.safetensors"), "--config", str(run_dir / "config.json"),
-                           "--out", str(out2), "--clips", str(CLIPS), "--seed", "1"]) == 0
+    assert (
+        visualize.main(
+            [
+                "--weights",
+                str(run_dir / "model.safetensors"),
+                "--config",
+                str(run_dir / "config.json"),
+                "--out",
+                str(out2),
+                "--clips",
+                str(CLIPS),
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
     title_rows = 60  # the titles name the run and the weights file; everything below them is the same
     np.testing.assert_array_equal(imread(out2)[title_rows:], imread(out)[title_rows:])
 
@@ -216,13 +260,22 @@ def test_command_line_writes_the_figure(run_dir, tmp_path, capsys, monkeypatch):
 def test_stage_2_models_are_refused(tmp_path, run_dir, capsys):
     student = MAViL(tiny_config("model.stage=2", f"model.teacher={run_dir / 'model.safetensors'}").model)
     save_weights(student, tmp_path / "model.safetensors")
-    code = visualize.main(["--weights", str(tmp_path / "model.safetensors"), "--config", str(run_dir / "config.json"),
-                           "--out", str(tmp_path / "x.png")])
+    code = visualize.main(
+        [
+            "--weights",
+            str(tmp_path / "model.safetensors"),
+            "--config",
+            str(run_dir / "config.json"),
+            "--out",
+            str(tmp_path / "x.png"),
+        ]
+    )
     assert code == 2 and "only stage-1 models reconstruct" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
 
 
 # ---- training curves ---------------------------------------------------------------------------------------
+
 
 def write_metrics(run, lines: list[dict]):
     run.mkdir()
@@ -231,13 +284,35 @@ def write_metrics(run, lines: list[dict]):
 
 
 def test_curves_of_two_runs_with_different_parts(tmp_path, capsys):
-    one = write_metrics(tmp_path / "one", [{"step": s, "epoch": s / 4, "lr": 1e-3 * s, "loss": 3.0 / s, "loss_recon_audio": 1.0 / s,
-                                            "loss_inter": 2.0, "samples_per_s": 50.0, "tokens_per_s": 3e3} for s in (1, 2, 3)])
-    two = write_metrics(tmp_path / "two", [{"step": s, "lr": 1e-3, "loss": 1.0 / s, "loss_recon_video": 0.5,
-                                            "samples_per_s": 60.0} for s in (1, 2)])
+    one = write_metrics(
+        tmp_path / "one",
+        [
+            {
+                "step": s,
+                "epoch": s / 4,
+                "lr": 1e-3 * s,
+                "loss": 3.0 / s,
+                "loss_recon_audio": 1.0 / s,
+                "loss_inter": 2.0,
+                "samples_per_s": 50.0,
+                "tokens_per_s": 3e3,
+            }
+            for s in (1, 2, 3)
+        ],
+    )
+    two = write_metrics(
+        tmp_path / "two",
+        [{"step": s, "lr": 1e-3, "loss": 1.0 / s, "loss_recon_video": 0.5, "samples_per_s": 60.0} for s in (1, 2)],
+    )
     runs = {"stage 1": plot.read_metrics(one), "stage 2": plot.read_metrics(two)}
-    assert plot.quantities(list(runs.values())) == ["loss", "loss_inter", "loss_recon_audio", "loss_recon_video", "lr",
-                                                     "samples_per_s"]
+    assert plot.quantities(list(runs.values())) == [
+        "loss",
+        "loss_inter",
+        "loss_recon_audio",
+        "loss_recon_video",
+        "lr",
+        "samples_per_s",
+    ]
     fig = plot.draw_curves(runs)
     panels = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
     assert list(panels) == plot.quantities(list(runs.values()))

@@ -4,6 +4,7 @@ On a machine without CUDA the kernels run in Triton's interpreter on CPU tensors
 sets TRITON_INTERPRET=1 first); with CUDA the same tests run the compiled kernels on the GPU.
 Outputs the kernels allocate start as NaN, so an element a kernel does not write fails.
 """
+
 import pytest
 import torch
 

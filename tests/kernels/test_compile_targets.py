@@ -6,6 +6,7 @@ at the paper's sizes in fp32, bf16 and DeepSpeed's mix, plus the stage-1 model's
 registers and spills. It runs in fresh interpreters, one per target: this session has TRITON_INTERPRET=1
 (tests/conftest.py), under which the kernels are interpreted functions that cannot be compiled.
 """
+
 import ast
 from pathlib import Path
 
@@ -38,8 +39,17 @@ def describe(row: dict) -> str:
 
 
 def test_the_launchers_launch_the_kernels_we_know():
-    assert launched_kernels() >= {"_gather_fwd", "_gather_bwd", "_restore_fwd", "_restore_bwd", "_nce_fwd",
-                                  "_nce_bwd_queries", "_nce_bwd_keys", "_mse_fwd", "_mse_bwd"}
+    assert launched_kernels() >= {
+        "_gather_fwd",
+        "_gather_bwd",
+        "_restore_fwd",
+        "_restore_bwd",
+        "_nce_fwd",
+        "_nce_bwd_queries",
+        "_nce_bwd_keys",
+        "_mse_fwd",
+        "_mse_bwd",
+    }
 
 
 @CAPABILITIES
@@ -47,13 +57,20 @@ def test_every_kernel_compiles_in_every_dtype_without_spills(compiled, capabilit
     rows = [row for row in compiled["rows"] if row["capability"] == capability]
     errors = [f"{describe(row)}: {row['error']}" for row in rows if "error" in row]
     assert not errors, "\n".join(errors)
-    spills = [f"{describe(row)}: {row['registers']} registers, spill stores {row['spill_stores']} B, loads "
-              f"{row['spill_loads']} B" for row in rows if row["spill_stores"] or row["spill_loads"]]
+    spills = [
+        f"{describe(row)}: {row['registers']} registers, spill stores {row['spill_stores']} B, loads "
+        f"{row['spill_loads']} B"
+        for row in rows
+        if row["spill_stores"] or row["spill_loads"]
+    ]
     assert not spills, "\n".join(spills)
     for dtype in ("fp32", "bf16", "bf16+fp32 pos"):
         compiled_here = {row["kernel"] for row in rows if row["dtype"] == dtype}
-        expected = launched_kernels() if dtype != "bf16+fp32 pos" else {"_gather_fwd", "_gather_bwd", "_restore_fwd",
-                                                                        "_restore_bwd"}
+        expected = (
+            launched_kernels()
+            if dtype != "bf16+fp32 pos"
+            else {"_gather_fwd", "_gather_bwd", "_restore_fwd", "_restore_bwd"}
+        )
         assert expected <= compiled_here, f"{dtype}: not compiled: {sorted(expected - compiled_here)}"
 
 
@@ -61,8 +78,11 @@ def test_every_kernel_compiles_in_every_dtype_without_spills(compiled, capabilit
 def test_gather_reads_the_patch_embedding_tokens_with_vector_loads(compiled, capability):
     # the model path: PatchEmbed's tokens into masked_gather; a transposed view (stride_xd = N) would leave
     # one scalar load per element
-    rows = [row for row in compiled["rows"]
-            if row["capability"] == capability and row["op"] == "MAViL" and row["kernel"] == "_gather_fwd"]
+    rows = [
+        row
+        for row in compiled["rows"]
+        if row["capability"] == capability and row["op"] == "MAViL" and row["kernel"] == "_gather_fwd"
+    ]
     assert {row["dtype"] for row in rows} == {"fp32", "bf16+fp32 pos"}
     for row in rows:
         assert row["constexprs"].get("stride_xd") == "1", describe(row)

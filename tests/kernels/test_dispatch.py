@@ -9,7 +9,9 @@ def call_gather():
     return masked_gather(torch.randn(2, 5, 3), torch.tensor([[0, 2], [4, 1]]))
 
 
-@pytest.mark.parametrize("mode, uses_triton", [("triton", True), ("reference", False), ("auto", torch.cuda.is_available())])
+@pytest.mark.parametrize(
+    "mode, uses_triton", [("triton", True), ("reference", False), ("auto", torch.cuda.is_available())]
+)
 def test_mode_picks_the_path(monkeypatch, mode, uses_triton):
     calls = []
     original = MaskedGather.apply

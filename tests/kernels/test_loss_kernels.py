@@ -42,7 +42,11 @@ def test_masked_mse_with_a_target_that_needs_grad_uses_the_reference(triton_path
 
 
 NCE_CASES = [  # (queries, keys, H, offset, symmetric): one-row, odd sizes, a gathered-keys block, tiles > 1
-    (1, 1, 8, 0, False), (5, 5, 37, 0, False), (33, 33, 70, 0, True), (7, 21, 16, 9, False), (40, 40, 768, 0, False),
+    (1, 1, 8, 0, False),
+    (5, 5, 37, 0, False),
+    (33, 33, 70, 0, True),
+    (7, 21, 16, 9, False),
+    (40, 40, 768, 0, False),
 ]
 
 
@@ -108,11 +112,17 @@ def test_info_nce_triton_memory_grows_linearly_to_16k_rows(triton_path):
     assert large < 16384 * 16384 * 4, "more than one fp32 B x B matrix"
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: info_nce(torch.zeros(4, 3), torch.zeros(4, 3), 0.1, offset=1), "offset: 1 puts positives"),
-    (lambda: info_nce(torch.zeros(4, 3), torch.zeros(6, 3), 0.1, symmetric=True), "symmetric: needs x and y of one shape"),
-    (lambda: info_nce(torch.zeros(4, 3), torch.zeros(6, 2), 0.1), r"y: expected shape \(\*, 3\)"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: info_nce(torch.zeros(4, 3), torch.zeros(4, 3), 0.1, offset=1), "offset: 1 puts positives"),
+        (
+            lambda: info_nce(torch.zeros(4, 3), torch.zeros(6, 3), 0.1, symmetric=True),
+            "symmetric: needs x and y of one shape",
+        ),
+        (lambda: info_nce(torch.zeros(4, 3), torch.zeros(6, 2), 0.1), r"y: expected shape \(\*, 3\)"),
+    ],
+)
 def test_info_nce_argument_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()

@@ -1,4 +1,5 @@
 """The tiny model gives the same loss and gradients on the reference and the Triton path."""
+
 import pytest
 import torch
 

@@ -5,6 +5,7 @@ does not load under torch 2.11 and its memory_efficient_attention would run PyTo
 must pick sdpa, say why once, and never touch a device to decide that. The probe's decision logic runs on the
 CPU with xformers' dispatcher and memory_efficient_attention replaced where a GPU would be needed.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,12 +24,20 @@ from ..conftest import REPO
 
 @pytest.fixture(autouse=True)
 def fresh_caches():
-    for cached in (attention.resolve_backend, attention.why_xformers_cannot_run, attention.why_xformers_unavailable,
-                   attention._warn_fallback):
+    for cached in (
+        attention.resolve_backend,
+        attention.why_xformers_cannot_run,
+        attention.why_xformers_unavailable,
+        attention._warn_fallback,
+    ):
         cached.cache_clear()
     yield
-    for cached in (attention.resolve_backend, attention.why_xformers_cannot_run, attention.why_xformers_unavailable,
-                   attention._warn_fallback):
+    for cached in (
+        attention.resolve_backend,
+        attention.why_xformers_cannot_run,
+        attention.why_xformers_unavailable,
+        attention._warn_fallback,
+    ):
         cached.cache_clear()
 
 

@@ -5,6 +5,7 @@ upstream_models/mavil (models_vitmm.VisionTransformerMM on timm 0.4.5 blocks, ex
 [CLS] + patches + pos per modality, 12 blocks without a final norm, the two sequences concatenated (audio first,
 each with its [CLS]) through blocks_av, pooled per modality without [CLS]; fc_norm_av on the last fused state.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,15 +22,36 @@ from ..conftest import tiny_config
 
 # ---- the expert's state dict for ViT-B (vitmm_base_patch16, n_frm=8, audio 1024 x 128, 527 classes), as data
 D, HIDDEN = 768, 3072
-BLOCK = {"norm1.weight": (D,), "norm1.bias": (D,), "attn.qkv.weight": (3 * D, D), "attn.qkv.bias": (3 * D,),
-         "attn.proj.weight": (D, D), "attn.proj.bias": (D,), "norm2.weight": (D,), "norm2.bias": (D,),
-         "mlp.fc1.weight": (HIDDEN, D), "mlp.fc1.bias": (HIDDEN,), "mlp.fc2.weight": (D, HIDDEN), "mlp.fc2.bias": (D,)}
-ENCODERS = {"cls_token": (1, 1, D), "pos_embed": (1, 513, D),
-            "patch_embed.proj.weight": (D, 1, 16, 16), "patch_embed.proj.bias": (D,),
-            "cls_token_v": (1, 1, D), "pos_embed_v": (1, 785, D),
-            "patch_embed_v.proj.weight": (D, 3, 2, 16, 16), "patch_embed_v.proj.bias": (D,)}
-FINE_TUNED_HEAD = {"fc_norm_av.weight": (2 * D,), "fc_norm_av.bias": (2 * D,),
-                   "head_av.weight": (527, 2 * D), "head_av.bias": (527,)}
+BLOCK = {
+    "norm1.weight": (D,),
+    "norm1.bias": (D,),
+    "attn.qkv.weight": (3 * D, D),
+    "attn.qkv.bias": (3 * D,),
+    "attn.proj.weight": (D, D),
+    "attn.proj.bias": (D,),
+    "norm2.weight": (D,),
+    "norm2.bias": (D,),
+    "mlp.fc1.weight": (HIDDEN, D),
+    "mlp.fc1.bias": (HIDDEN,),
+    "mlp.fc2.weight": (D, HIDDEN),
+    "mlp.fc2.bias": (D,),
+}
+ENCODERS = {
+    "cls_token": (1, 1, D),
+    "pos_embed": (1, 513, D),
+    "patch_embed.proj.weight": (D, 1, 16, 16),
+    "patch_embed.proj.bias": (D,),
+    "cls_token_v": (1, 1, D),
+    "pos_embed_v": (1, 785, D),
+    "patch_embed_v.proj.weight": (D, 3, 2, 16, 16),
+    "patch_embed_v.proj.bias": (D,),
+}
+FINE_TUNED_HEAD = {
+    "fc_norm_av.weight": (2 * D,),
+    "fc_norm_av.bias": (2 * D,),
+    "head_av.weight": (527, 2 * D),
+    "head_av.bias": (527,),
+}
 
 
 def their_table(fusion_blocks: int, fine_tuned: bool) -> dict[str, tuple[int, ...]]:
@@ -40,10 +62,25 @@ def their_table(fusion_blocks: int, fine_tuned: bool) -> dict[str, tuple[int, ..
 
 
 def vitb(*overrides: str):
-    return tiny_config(*[f"model.{k}={v}" for k, v in (
-        ("audio_frames", 1024), ("audio_mel_bins", 128), ("video_frames", 8), ("video_size", 224),
-        ("encoder_dim", 768), ("encoder_depth", 12), ("encoder_heads", 12), ("decoder_dim", 32),
-        ("decoder_depth", 1), ("decoder_heads", 2), ("encoder_norm", "false"))], *overrides).model
+    return tiny_config(
+        *[
+            f"model.{k}={v}"
+            for k, v in (
+                ("audio_frames", 1024),
+                ("audio_mel_bins", 128),
+                ("video_frames", 8),
+                ("video_size", 224),
+                ("encoder_dim", 768),
+                ("encoder_depth", 12),
+                ("encoder_heads", 12),
+                ("decoder_dim", 32),
+                ("decoder_depth", 1),
+                ("decoder_heads", 2),
+                ("encoder_norm", "false"),
+            )
+        ],
+        *overrides,
+    ).model
 
 
 def test_vitb_export_has_exactly_the_experts_keys_and_shapes():
@@ -66,8 +103,11 @@ def _block(state, prefix, x, heads):
     qkv = F.linear(h, state[f"{prefix}.attn.qkv.weight"], state[f"{prefix}.attn.qkv.bias"])
     q, k, v = qkv.reshape(batch, length, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
     attn = (q @ k.transpose(-2, -1) * (dim // heads) ** -0.5).softmax(dim=-1)
-    x = x + F.linear((attn @ v).transpose(1, 2).reshape(batch, length, dim), state[f"{prefix}.attn.proj.weight"],
-                     state[f"{prefix}.attn.proj.bias"])
+    x = x + F.linear(
+        (attn @ v).transpose(1, 2).reshape(batch, length, dim),
+        state[f"{prefix}.attn.proj.weight"],
+        state[f"{prefix}.attn.proj.bias"],
+    )
     h = F.layer_norm(x, (dim,), state[f"{prefix}.norm2.weight"], state[f"{prefix}.norm2.bias"], eps=1e-6)
     h = F.gelu(F.linear(h, state[f"{prefix}.mlp.fc1.weight"], state[f"{prefix}.mlp.fc1.bias"]))
     return x + F.linear(h, state[f"{prefix}.mlp.fc2.weight"], state[f"{prefix}.mlp.fc2.bias"])
@@ -94,7 +134,7 @@ def expert_forward(state, audio, video, heads, block=_block):
     length, xv, fused, n = a.shape[1], torch.cat([a, v], dim=1), [], 0
 
     def pool(x):
-        return torch.cat([x[:, 1:length].mean(dim=1), x[:, length + 1:].mean(dim=1)], dim=-1)
+        return torch.cat([x[:, 1:length].mean(dim=1), x[:, length + 1 :].mean(dim=1)], dim=-1)
 
     while f"blocks_av.{n}.norm1.weight" in state:
         fused.append(pool(xv))
@@ -112,15 +152,17 @@ def ours_pooled(backbone, audio, video):
     v_states = backbone.video_encoder.hidden_states(backbone.video_encoder.embed(video))
     fused = backbone.fusion.hidden_states(a_states[-1], v_states[-1])
     length = a_states[-1].shape[1]
-    pooled = [torch.cat([x[:, 1:length].mean(dim=1), x[:, length + 1:].mean(dim=1)], dim=-1) for x in fused]
+    pooled = [torch.cat([x[:, 1:length].mean(dim=1), x[:, length + 1 :].mean(dim=1)], dim=-1) for x in fused]
     pooled[-1] = F.layer_norm(pooled[-1], (pooled[-1].shape[-1],), eps=1e-6)
     return [x[:, 1:].mean(dim=1) for x in a_states], [x[:, 1:].mean(dim=1) for x in v_states], pooled
 
 
 def inputs(cfg, batch=2):
     torch.manual_seed(1)
-    return (torch.randn(batch, 1, cfg.audio_frames, cfg.audio_mel_bins),
-            torch.randn(batch, 3, cfg.video_frames, cfg.video_size, cfg.video_size))
+    return (
+        torch.randn(batch, 1, cfg.audio_frames, cfg.audio_mel_bins),
+        torch.randn(batch, 3, cfg.video_frames, cfg.video_size, cfg.video_size),
+    )
 
 
 def _close(ours, theirs):
@@ -169,9 +211,14 @@ def timm_block(state, prefix, x, heads):
     from timm.models.vision_transformer import Block
 
     dim = x.shape[-1]
-    block = Block(dim, heads, mlp_ratio=state[f"{prefix}.mlp.fc1.weight"].shape[0] / dim, qkv_bias=True,
-                  norm_layer=partial(torch.nn.LayerNorm, eps=1e-6))
-    block.load_state_dict({k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")})
+    block = Block(
+        dim,
+        heads,
+        mlp_ratio=state[f"{prefix}.mlp.fc1.weight"].shape[0] / dim,
+        qkv_bias=True,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+    )
+    block.load_state_dict({k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")})
     return block.eval()(x)
 
 

@@ -6,6 +6,7 @@ code generation (a minute per model on 2 cores). The Triton path can be traced o
 TRITON_INTERPRET=1 a kernel is a Python interpreter, not a Triton kernel Dynamo can capture, so that test is
 marked `gpu`. The random masks: the RNG seeded identically before the eager and the compiled call.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -171,6 +172,12 @@ def test_train_compile_compiles_the_deepspeed_engine_module_in_place():
     """train.compile through the trainer's DeepSpeed set-up: the module compiled in place, one graph over steps,
     the eager loss, checkpoints with the state_dict keys of an uncompiled model."""
     pytest.importorskip("deepspeed")
-    result = subprocess.run([sys.executable, "-c", ENGINE], cwd=REPO, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "MASTER_PORT": str(free_port())})
+    result = subprocess.run(
+        [sys.executable, "-c", ENGINE],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "MASTER_PORT": str(free_port())},
+    )
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), (result.stdout + result.stderr)[-4000:]

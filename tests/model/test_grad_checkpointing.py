@@ -1,6 +1,7 @@
 """Activation checkpointing (model.grad_checkpointing): per transformer block, the same losses and gradients as
 without it, drop path included (the RNG state is restored for the recomputation), less activation memory, and
 only while training with grad enabled; under torch.compile too."""
+
 from __future__ import annotations
 
 import pytest

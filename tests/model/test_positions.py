@@ -1,4 +1,5 @@
 """Position schemes: "2d+t"'s spatial part is exactly MAE's 2-D table; "mae" is AudioMAE's; "3d" is unchanged."""
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +10,7 @@ from mavil.model.positions import mae_sincos_2d, position_table, sincos_grid, sp
 def mae_table(dim: int, rows: int, cols: int) -> np.ndarray:
     """MAE's get_2d_sincos_pos_embed(_flexible) as its code computes it, in float32 numpy: the grid built width
     first, so the first dim/2 channels code the column and the last dim/2 the row; a zero [CLS] row first."""
+
     def code(d, pos):
         omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float32) / (d / 2.0))
         out = np.einsum("m,d->md", pos.reshape(-1).astype(np.float32), omega.astype(np.float32))
@@ -21,8 +23,9 @@ def mae_table(dim: int, rows: int, cols: int) -> np.ndarray:
 
 @pytest.mark.parametrize("dim,rows,cols", [(768, 14, 14), (768, 64, 8), (64, 4, 4)])
 def test_mae_table(dim, rows, cols):
-    torch.testing.assert_close(mae_sincos_2d(dim, (rows, cols)), torch.from_numpy(mae_table(dim, rows, cols)),
-                               atol=1e-5, rtol=0)  # MAE rounds its angles (up to 63 rad) to fp32: ~4e-6
+    torch.testing.assert_close(
+        mae_sincos_2d(dim, (rows, cols)), torch.from_numpy(mae_table(dim, rows, cols)), atol=1e-5, rtol=0
+    )  # MAE rounds its angles (up to 63 rad) to fp32: ~4e-6
 
 
 def test_spatial_part_of_2d_plus_t_is_mae_table_and_time_is_added_on_top():
@@ -30,7 +33,7 @@ def test_spatial_part_of_2d_plus_t_is_mae_table_and_time_is_added_on_top():
     table = spatial_temporal(dim, grid)  # (1 + 4 * 196, 768)
     mae = torch.from_numpy(mae_table(dim, 14, 14))
     assert table.shape == (1 + 4 * 196, dim)
-    torch.testing.assert_close(table[:1 + 196], mae, atol=2e-6, rtol=0)  # [CLS] and the first time slot: the image's
+    torch.testing.assert_close(table[: 1 + 196], mae, atol=2e-6, rtol=0)  # [CLS] and the first time slot: the image's
     per_slot = table[1:].reshape(4, 196, dim)
     temporal = per_slot - mae[1:]  # what time adds: one code per slot, the same at every spatial place
     torch.testing.assert_close(temporal, temporal[:, :1].expand(-1, 196, -1), atol=1e-5, rtol=0)

@@ -15,6 +15,7 @@ that table; timm's own is learned), saved as MAE saves: torch.save({'model': sta
   image's, so no exact equality exists for more than one slot.
 - audio, model.audio_pos = "mae", 1-channel 16 x 16 patches over 1024 x 128 (AudioMAE's layout, time-major tokens).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,8 +37,16 @@ TOL = dict(atol=1e-4, rtol=1e-4)
 
 def reference_vit(img_size, in_chans: int, dim: int, depth: int, heads: int, seed: int = 0) -> VisionTransformer:
     torch.manual_seed(seed)
-    vit = VisionTransformer(img_size=img_size, patch_size=16, in_chans=in_chans, embed_dim=dim, depth=depth,
-                            num_heads=heads, num_classes=0, weight_init="skip").eval()
+    vit = VisionTransformer(
+        img_size=img_size,
+        patch_size=16,
+        in_chans=in_chans,
+        embed_dim=dim,
+        depth=depth,
+        num_heads=heads,
+        num_classes=0,
+        weight_init="skip",
+    ).eval()
     grid = vit.patch_embed.grid_size
     with torch.no_grad():
         for name, p in vit.named_parameters():  # random everywhere (LayerNorms at 1/0 would test less)
@@ -49,8 +58,14 @@ def reference_vit(img_size, in_chans: int, dim: int, depth: int, heads: int, see
 def save_as_mae(vit: VisionTransformer, path, decoder_dim: int = 16) -> None:
     """The encoder's state dict plus a few of MAE's decoder tensors (the visualisation checkpoints hold them)."""
     state = dict(vit.state_dict())
-    state.update({"mask_token": torch.zeros(1, 1, decoder_dim), "decoder_embed.weight": torch.zeros(decoder_dim, 4),
-                  "decoder_pos_embed": torch.zeros(1, 5, decoder_dim), "decoder_pred.weight": torch.zeros(8, 4)})
+    state.update(
+        {
+            "mask_token": torch.zeros(1, 1, decoder_dim),
+            "decoder_embed.weight": torch.zeros(decoder_dim, 4),
+            "decoder_pos_embed": torch.zeros(1, 5, decoder_dim),
+            "decoder_pred.weight": torch.zeros(8, 4),
+        }
+    )
     torch.save({"model": state}, path)
 
 
@@ -68,8 +83,13 @@ def test_video_vit_b_from_mae_checkpoint_matches_timm_on_the_frame(tmp_path):
     encoder = video_encoder(cfg).eval()
     (report,) = load_inits(torch.nn.ModuleDict({"video_encoder": encoder}), cfg)  # what build_model does
     assert report.missing == [] and len(report.loaded) == 1 + 2 + 12 * 12 + 2
-    assert sorted(report.skipped) == ["decoder_embed.weight", "decoder_pos_embed", "decoder_pred.weight",
-                                      "mask_token", "pos_embed"]
+    assert sorted(report.skipped) == [
+        "decoder_embed.weight",
+        "decoder_pos_embed",
+        "decoder_pred.weight",
+        "mask_token",
+        "pos_embed",
+    ]
     assert "matches this model's positions" in str(report)
     frame = torch.randn(1, 3, 224, 224)
     clip = frame[:, :, None].expand(-1, -1, 2, -1, -1)  # static: the frame twice
@@ -92,7 +112,7 @@ def test_video_time_slots_of_a_static_clip_each_embed_as_the_frame(tmp_path):
         tokens = encoder.embed(frame[:, :, None].expand(-1, -1, 8, -1, -1))  # (2, 4 * 16, 64), time-major
         theirs = vit.patch_embed(frame)  # (2, 16, 64)
     for t in range(4):  # every time slot of a static clip embeds as the frame does
-        torch.testing.assert_close(tokens[:, 16 * t:16 * (t + 1)], theirs, **TOL)
+        torch.testing.assert_close(tokens[:, 16 * t : 16 * (t + 1)], theirs, **TOL)
     # the first slot's positions are the image's, the others' differ by their time code alone
     torch.testing.assert_close(encoder.pos[:17], vit.pos_embed[0], atol=1e-6, rtol=0)
     torch.testing.assert_close(encoder.cls_token, vit.cls_token)
@@ -120,8 +140,11 @@ def test_refusals_name_key_and_shapes(tmp_path):
     path = tmp_path / "mae.pth"
     save_as_mae(vit, path)
     small = dict(video_size=64, video_pos="2d+t", encoder_dim=64, encoder_heads=4)
-    with pytest.raises(ValueError, match=r"patch_embed.proj.weight \(64, 3, 16, 16\) does not fit "
-                                         r"video_encoder.patch_embed.proj.weight \(64, 3, 2, 8, 8\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"patch_embed.proj.weight \(64, 3, 16, 16\) does not fit "
+        r"video_encoder.patch_embed.proj.weight \(64, 3, 2, 8, 8\)",
+    ):
         check_init(config(**small, encoder_depth=2, video_patch=[2, 8, 8]), "video_init", path)
     with pytest.raises(ValueError, match="holds 2 blocks, this model's video_encoder has 3"):
         check_init(config(**small, encoder_depth=3), "video_init", path)
@@ -145,18 +168,37 @@ def test_preflight_refuses_a_missing_or_unfitting_init_with_one_line(tmp_path):
     from ..conftest import CONFIGS, REPO, tiny_config
 
     # the paper's config names MAE's checkpoint, which the user supplies: without it, exit 2 and where it comes from
-    run = subprocess.run([sys.executable, "engine/pretrain.py", "--config", str(CONFIGS / "stage1.json"),
-                          "train.device=cpu", f"train.output_dir={tmp_path / 'run'}"],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "engine/pretrain.py",
+            "--config",
+            str(CONFIGS / "stage1.json"),
+            "train.device=cpu",
+            f"train.output_dir={tmp_path / 'run'}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 2, run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
-    for words in ("model.video_init", "no such file", "mae_pretrain_vit_base.pth", "facebookresearch/mae",
-                  "model.video_init=null"):
+    for words in (
+        "model.video_init",
+        "no such file",
+        "mae_pretrain_vit_base.pth",
+        "facebookresearch/mae",
+        "model.video_init=null",
+    ):
         assert words in run.stderr
     vit = reference_vit(64, 3, 32, 2, 4)  # width 32: the tiny config's encoders are 64 wide
     save_as_mae(vit, tmp_path / "narrow.pth")
-    with pytest.raises(ConfigError, match=r"model.video_init = .*narrow.pth.*: cls_token \(1, 1, 32\) does not fit "
-                                          r"video_encoder.cls_token \(1, 1, 64\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"model.video_init = .*narrow.pth.*: cls_token \(1, 1, 32\) does not fit "
+        r"video_encoder.cls_token \(1, 1, 64\)",
+    ):
         check_pretraining(tiny_config(f"model.video_init={tmp_path / 'narrow.pth'}"), 1)
 
 
@@ -180,8 +222,16 @@ def test_fine_tuning_classifier_takes_the_init_and_a_norm_free_encoder_skips_mae
     vit = reference_vit(64, 3, 64, 2, 4)
     path = tmp_path / "mae.pth"
     save_as_mae(vit, path)
-    cfg = config(video_frames=4, video_size=64, video_pos="2d+t", encoder_dim=64, encoder_depth=2, encoder_heads=4,
-                 video_init=str(path), audio_init=str(path))
+    cfg = config(
+        video_frames=4,
+        video_size=64,
+        video_pos="2d+t",
+        encoder_dim=64,
+        encoder_depth=2,
+        encoder_heads=4,
+        video_init=str(path),
+        audio_init=str(path),
+    )
     (report,) = load_inits(Classifier(cfg, "video", 3), cfg)  # a video classifier has no audio encoder to load
     assert report.encoder == "video_encoder" and "transformer.norm.weight" in report.loaded
     norm_free = dataclasses.replace(cfg, encoder_norm=False)

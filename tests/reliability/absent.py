@@ -4,6 +4,7 @@ A finder placed first on `sys.meta_path` raises ModuleNotFoundError("No module n
 names and their submodules, what Python raises for a package that is not there; everything else imports as
 usual. The code under test runs unchanged: the failure is the import's own.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,21 @@ else:
 """
 
 
-def run_without(blocked: tuple[str, ...], mode: str, target: str, args: list[str], cwd: Path,
-                env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_without(
+    blocked: tuple[str, ...],
+    mode: str,
+    target: str,
+    args: list[str],
+    cwd: Path,
+    env: dict | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess:
     """`python <mode> <target> args...` (mode "-c" code, "-m" module or "script" path) with `blocked` not importable."""
-    return subprocess.run([sys.executable, "-c", BOOT, ",".join(blocked), mode, target, *args], cwd=cwd,
-                          env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", BOOT, ",".join(blocked), mode, target, *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

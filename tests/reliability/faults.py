@@ -8,7 +8,7 @@ same clips, broken as they break in practice:
     bad-missing-flac    no .flac member at all                                          -> missing_audio
     bad-empty-video     a .webm member of 0 bytes                                        -> video_empty
     bad-truncated       the last clip of the last shard, the tar cut inside its video    -> truncated
-    fix-8khz-stereo     8 kHz stereo FLAC (left: the clip's audio, right: half of it)    -> audio_resampled, audio_downmixed
+    fix-8khz-stereo     8 kHz stereo FLAC (left: the clip's audio, right: half) -> audio_resampled, audio_downmixed
     fix-2s              a 2-s clip (4 frames)               -> short_audio under the tiny windows (384 fbank frames,
                                                                3.85 s; 4 frames), and short_video under 8 frames
 
@@ -17,6 +17,7 @@ Shards of 8 clips: shard 0 and 1 mix good and bad clips, shard 2 ends with the t
 `build_verified_fault_set` writes the same layout as `prepare` writes (every clip good, decoded back and recorded in
 the shards' sidecars) and breaks it afterwards, on disk: the health check must not trust a record whose bytes changed.
 """
+
 from __future__ import annotations
 
 import io
@@ -28,17 +29,49 @@ import av
 import numpy as np
 
 from mavil.data.encode import encode_audio
-from mavil.data.shards import (ShardWriter, decode_meta, encode_meta, index_members, index_text, read_index,
-                               write_manifest)
+from mavil.data.shards import (
+    ShardWriter,
+    decode_meta,
+    encode_meta,
+    index_members,
+    index_text,
+    read_index,
+    write_manifest,
+)
 from mavil.data.synthetic import make_clip
 from mavil.data.verify import clip_facts
 
 CLASSES, SEED, DURATION, PER_SHARD = 8, 0, 4, 8
-LAYOUT = ("good", "bad-corrupt-video", "good", "good", "bad-missing-flac", "good", "fix-8khz-stereo", "good",
-          "good", "bad-empty-video", "good", "fix-2s", "good", "bad-corrupt-flac", "good", "good",
-          "good", "good", "good", "good", "bad-truncated")
-UNUSABLE = {"bad-corrupt-video": "video_undecodable", "bad-corrupt-flac": "audio_empty",
-            "bad-missing-flac": "missing_audio", "bad-empty-video": "video_empty", "bad-truncated": "truncated"}
+LAYOUT = (
+    "good",
+    "bad-corrupt-video",
+    "good",
+    "good",
+    "bad-missing-flac",
+    "good",
+    "fix-8khz-stereo",
+    "good",
+    "good",
+    "bad-empty-video",
+    "good",
+    "fix-2s",
+    "good",
+    "bad-corrupt-flac",
+    "good",
+    "good",
+    "good",
+    "good",
+    "good",
+    "good",
+    "bad-truncated",
+)
+UNUSABLE = {
+    "bad-corrupt-video": "video_undecodable",
+    "bad-corrupt-flac": "audio_empty",
+    "bad-missing-flac": "missing_audio",
+    "bad-empty-video": "video_empty",
+    "bad-truncated": "truncated",
+}
 REPAIRED = {"fix-8khz-stereo": ("audio_resampled", "audio_downmixed"), "fix-2s": ("short_audio",)}
 
 
@@ -66,7 +99,7 @@ def eight_khz_stereo(flac: bytes) -> bytes:
     as stereo: left the audio, right half of it, so the downmix is 0.75 of the audio."""
     mono = flac_samples(flac)
     spectrum = np.fft.rfft(mono)
-    spectrum[len(spectrum) // 2:] = 0  # nothing at or above 4 kHz: decimating by 2 aliases nothing
+    spectrum[len(spectrum) // 2 :] = 0  # nothing at or above 4 kHz: decimating by 2 aliases nothing
     low = np.fft.irfft(spectrum, len(mono))[::2]
     return encode_audio(np.stack([low, 0.5 * low]), sample_rate=8000)
 
@@ -159,7 +192,7 @@ def build_verified_fault_set(root: Path) -> FaultSet:
             lines = read_index(index_path)
             fields = lines[number].split()
             at = fields.index(f"{name}.{ext}") - 3  # the member's four fields: ext, offset, size, name
-            fields[at:at + 4] = [] if name == "bad-missing-flac" else [ext, str(offset), "0", f"{name}.{ext}"]
+            fields[at : at + 4] = [] if name == "bad-missing-flac" else [ext, str(offset), "0", f"{name}.{ext}"]
             lines[number] = " ".join(fields)
             index_path.write_text(index_text(lines))
     tar, _, _, offset, _ = member_place(root, shards, "bad-truncated", "webm")

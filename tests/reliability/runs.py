@@ -1,6 +1,7 @@
 """Launches meant to die, for the crash and numeric-fault tests: the engine under the real `deepspeed` launcher
 (the command of tests/engine/launcher.py), started in the background with faults from MAVIL_INJECT
 (engine/inject.py) or a SIGKILL sent from outside to one rank, and the checkpoints they leave, read back."""
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,11 @@ class Launch:
         deadline = time.monotonic() + TIMEOUT
         while time.monotonic() < deadline and self.proc.poll() is None:
             try:
-                found = [p for p in psutil.Process(self.proc.pid).children(recursive=True)
-                         if any(arg.startswith("--local_rank") for arg in p.cmdline())]
+                found = [
+                    p
+                    for p in psutil.Process(self.proc.pid).children(recursive=True)
+                    if any(arg.startswith("--local_rank") for arg in p.cmdline())
+                ]
             except psutil.Error:
                 found = []
             if len(found) == world:
@@ -102,9 +106,11 @@ def checkpoint_files(run_dir: Path, step: int, world: int = 2, bf16: bool = Fals
     """The files a complete two-rank ZeRO checkpoint of `step` holds: DeepSpeed's and our RNG states (DeepSpeed
     names the optimizer states bf16_zero_pp_rank_... in bf16)."""
     tag_dir, optim = run_dir / "checkpoints" / tag_for(step), "bf16_zero_pp_rank" if bf16 else "zero_pp_rank"
-    return [tag_dir / "mp_rank_00_model_states.pt",
-            *(tag_dir / f"{optim}_{r}_mp_rank_00_optim_states.pt" for r in range(world)),
-            *(tag_dir / f"rng-rank{r}.pt" for r in range(world))]
+    return [
+        tag_dir / "mp_rank_00_model_states.pt",
+        *(tag_dir / f"{optim}_{r}_mp_rank_00_optim_states.pt" for r in range(world)),
+        *(tag_dir / f"rng-rank{r}.pt" for r in range(world)),
+    ]
 
 
 def load_checkpoint(run_dir: Path, step: int, bf16: bool = False) -> dict[str, object]:

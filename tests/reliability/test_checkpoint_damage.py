@@ -9,6 +9,7 @@ steps whose free-space check sees nothing free (MAVIL_INJECT disk_full) refuses 
 checkpoint 4 as it was, and the same command with room resumes from 4; the check's pruning and the logs' rewind on
 a full disk are checked in-process.
 """
+
 from __future__ import annotations
 
 import errno
@@ -43,8 +44,10 @@ def flip_byte(path):
 
 DAMAGE = {  # name: (what is done to checkpoints/, the words the note must hold)
     "model truncated": (lambda c: truncate(c / tag_for(4) / "mp_rank_00_model_states.pt"), "mp_rank_00_model_states"),
-    "optimizer emptied": (lambda c: (c / tag_for(4) / "zero_pp_rank_1_mp_rank_00_optim_states.pt").write_bytes(b""),
-                          "zero_pp_rank_1_mp_rank_00_optim_states.pt has 0 bytes"),
+    "optimizer emptied": (
+        lambda c: (c / tag_for(4) / "zero_pp_rank_1_mp_rank_00_optim_states.pt").write_bytes(b""),
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt has 0 bytes",
+    ),
     "rng changed": (lambda c: flip_byte(c / tag_for(4) / "rng-rank0.pt"), "rng-rank0.pt differs from its checksum"),
     "manifest gone": (lambda c: (c / tag_for(4) / MANIFEST).unlink(), f"no {MANIFEST}"),
     "tag deleted": (lambda c: shutil.rmtree(c / tag_for(4)), "its directory is missing"),
@@ -108,10 +111,11 @@ def test_a_full_disk_is_one_line_and_a_relaunch_with_room_resumes(run, tmp_path)
     shutil.rmtree(copy / "checkpoints" / tag_for(3))  # nothing to prune: only the checkpoint `latest` names
     longer = (*OVERRIDES[:-2], "train.max_steps=6", "train.checkpoint_every=1")
     argv, env = command(tmp_path, "copy", *longer)
-    full = subprocess.run(argv, cwd=REPO, env={**env, "MAVIL_INJECT": "disk_full:step=0"}, capture_output=True,
-                          text=True, timeout=600)
+    full = subprocess.run(
+        argv, cwd=REPO, env={**env, "MAVIL_INJECT": "disk_full:step=0"}, capture_output=True, text=True, timeout=600
+    )
     output = full.stdout + full.stderr
-    errors = [line[line.index("error:"):] for line in output.splitlines() if "error:" in line]  # after tqdm's \r
+    errors = [line[line.index("error:") :] for line in output.splitlines() if "error:" in line]  # after tqdm's \r
     assert full.returncode == 2 and len(errors) == 1 and "no room for checkpoint step00000005" in errors[0], output
     assert "MiB are free" in errors[0] and "Traceback" not in output
     assert latest_tag(copy) == tag_for(4) and choose(copy) == (tag_for(4), [])  # the previous one intact
@@ -129,8 +133,9 @@ def write_tag(root, step, size):
 
 
 @pytest.mark.parametrize("free, removed, refused", [(150, [], False), (60, [3], False), (10, [], True)])
-def test_room_is_made_from_the_oldest_checkpoint_only_where_that_suffices(tmp_path, monkeypatch, free, removed,
-                                                                          refused):
+def test_room_is_made_from_the_oldest_checkpoint_only_where_that_suffices(
+    tmp_path, monkeypatch, free, removed, refused
+):
     root = tmp_path / "checkpoints"
     write_tag(root, 3, 40)  # an older, smaller one: pruning it frees 40 of the 100 bytes needed
     write_tag(root, 4, 100)

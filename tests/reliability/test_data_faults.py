@@ -1,6 +1,7 @@
 """Data faults: a shard set with real broken clips (faults.py) through the health check, the DALI loader, the
 reference loader, evaluation and a DeepSpeed run. Bad clips are skipped and counted per kind, repairs are real
 (not zeros), every good clip is read once per epoch, and a set above the ceiling is refused before training."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,6 @@ import subprocess
 import sys
 from collections import Counter
 
-import numpy as np
 import pytest
 import torch
 
@@ -26,13 +26,25 @@ from mavil.model.classifier import Classifier
 
 from ..conftest import REPO, tiny_config
 from ..engine.launcher import launch, metrics
-from .faults import (CLASSES, DURATION, LAYOUT, REPAIRED, SEED, UNUSABLE, FaultSet, build_fault_set,
-                     build_rejected_set, build_verified_fault_set)
+from .faults import (
+    CLASSES,
+    DURATION,
+    LAYOUT,
+    REPAIRED,
+    SEED,
+    UNUSABLE,
+    FaultSet,
+    build_fault_set,
+    build_rejected_set,
+    build_verified_fault_set,
+)
 
 TINY = Windows(sample_rate=16000, audio_frames=384, video_frames=4)  # configs/tiny's windows
 TINY_REPAIRS = {"audio_resampled": 1, "audio_downmixed": 1, "short_audio": 1, "short_video": 0}
-CEILING_MESSAGE = ("{root}: 5 of 21 clips (23.8%) are unusable (missing_audio 1, truncated 1, video_empty 1, "
-                   "video_undecodable 1, audio_empty 1), above data.max_bad_fraction=0.05; the report is {root}/health.json")
+CEILING_MESSAGE = (
+    "{root}: 5 of 21 clips (23.8%) are unusable (missing_audio 1, truncated 1, video_empty 1, "
+    "video_undecodable 1, audio_empty 1), above data.max_bad_fraction=0.05; the report is {root}/health.json"
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +65,19 @@ def test_health_counts_each_kind_and_names_the_clips(faults):
     tally = health.tally(TINY)
     assert tally.repaired == TINY_REPAIRS and tally.repaired_clips == len(REPAIRED)
     assert health.tally(Windows(16000, 384, 8)).repaired["short_video"] == 1  # the 2-s clip: 4 frames of 8
-    assert tally.fields() == {"data_clips": 21, "data_used": 16, "data_skipped": 5, "data_repaired": 2,
-                              **{f"data_{kind}": 1 for kind in UNUSABLE.values()},
-                              **{f"data_{kind}": n for kind, n in TINY_REPAIRS.items() if n}}
-    listed = [index_members(line)["json"][2].removesuffix(".json")
-              for _, index in health.usable_shards() for line in read_index(index)]
+    assert tally.fields() == {
+        "data_clips": 21,
+        "data_used": 16,
+        "data_skipped": 5,
+        "data_repaired": 2,
+        **{f"data_{kind}": 1 for kind in UNUSABLE.values()},
+        **{f"data_{kind}": n for kind, n in TINY_REPAIRS.items() if n},
+    }
+    listed = [
+        index_members(line)["json"][2].removesuffix(".json")
+        for _, index in health.usable_shards()
+        for line in read_index(index)
+    ]
     assert listed == faults.good  # the index files DALI reads list exactly the usable clips, in order
 
 
@@ -69,7 +89,7 @@ def test_the_report_is_reused_until_a_shard_changes(faults, tmp_path, capsys):
     assert ensure_health(root).usable == 16
     assert capsys.readouterr().err == "" and (root / REPORT).read_bytes() == report  # nothing checked again
     tar = root / "shard-000001.tar"
-    os.utime(tar, ns=(tar.stat().st_atime_ns, tar.stat().st_mtime_ns + 10 ** 9))
+    os.utime(tar, ns=(tar.stat().st_atime_ns, tar.stat().st_mtime_ns + 10**9))
     assert ensure_health(root).usable == 16
     assert "8/8" in capsys.readouterr().err  # only the changed shard's 8 clips
 
@@ -84,11 +104,16 @@ def test_a_dataset_directory_without_room_for_the_report_reports_into_the_cache(
     assert ensure_health(root, progress=False).report == health.report
 
 
-@pytest.mark.parametrize("raw, why", [
-    (encode_meta({"key": "a", "labels": [CLASSES]}), f"labels [{CLASSES}] are not class indices below {CLASSES}"),
-    (encode_meta({"labels": [0]}), "not a JSON object with a key"),
-    (b"{".ljust(1024), "Expecting property name"),
-    (b'{"key": "a"}', "12 bytes, not the shard format's 1024")], ids=["label", "key", "json", "size"])
+@pytest.mark.parametrize(
+    "raw, why",
+    [
+        (encode_meta({"key": "a", "labels": [CLASSES]}), f"labels [{CLASSES}] are not class indices below {CLASSES}"),
+        (encode_meta({"labels": [0]}), "not a JSON object with a key"),
+        (b"{".ljust(1024), "Expecting property name"),
+        (b'{"key": "a"}', "12 bytes, not the shard format's 1024"),
+    ],
+    ids=["label", "key", "json", "size"],
+)
 def test_metadata_the_loaders_cannot_batch_is_unusable(raw, why):
     check_meta(encode_meta({"key": "a", "labels": [CLASSES - 1]}), CLASSES)  # what is fine passes
     with pytest.raises(Bad) as bad:
@@ -114,7 +139,9 @@ def keys_per_epoch(root, rank: int, world: int, epochs: int = 2) -> list[list[st
     for _ in range(epochs):
         seen.append([])
         for batch in loader:
-            assert batch["audio"].flatten(1).std(dim=1).min() > 0.05 and batch["video"].flatten(1).std(dim=1).min() > 0.05
+            assert (
+                batch["audio"].flatten(1).std(dim=1).min() > 0.05 and batch["video"].flatten(1).std(dim=1).min() > 0.05
+            )
             seen[-1] += batch["key"]
     return seen
 
@@ -150,8 +177,12 @@ def bins_below(hz: float, spec: LoaderSpec) -> int:
 
 def test_repaired_clips_equal_the_reference_loaders_and_are_real(faults):
     spec = LoaderSpec(batch_size=4, audio_frames=384, mel_bins=64, video_frames=8, video_size=256, train=False)
-    ours = {k: (a, v) for b in Loader(faults.root, spec, device="cpu") for k, a, v in zip(b["key"], b["audio"], b["video"])}
-    theirs = {k: (a, v) for b in reference_loader(faults.root, spec) for k, a, v in zip(b["key"], b["audio"], b["video"])}
+    ours = {
+        k: (a, v) for b in Loader(faults.root, spec, device="cpu") for k, a, v in zip(b["key"], b["audio"], b["video"])
+    }
+    theirs = {
+        k: (a, v) for b in reference_loader(faults.root, spec) for k, a, v in zip(b["key"], b["audio"], b["video"])
+    }
     assert sorted(ours) == sorted(theirs) == sorted(faults.good)
     below_4khz = bins_below(4000, spec)  # above it, 8-kHz audio holds only the resampler's leakage
     for key in REPAIRED:
@@ -178,10 +209,20 @@ def test_evaluation_reports_the_skipped_clips(faults):
 
 def test_a_deepspeed_run_over_the_fault_set_uses_every_good_clip_once_per_epoch(faults, tmp_path):
     # 16 good clips, 2 ranks x 2 micro-batches of 4 per epoch: no clip left out at the epoch end
-    run_dir = launch(tmp_path, "faults", f"data.root={faults.root}", "data.max_bad_fraction=0.3",
-                     "train.record_keys=true", "train.micro_batch=4", "train.global_batch=8", "train.epochs=2",
-                     "train.checkpoint_every=0")
-    records = [json.loads(line) for rank in (0, 1) for line in (run_dir / f"keys-rank{rank}.jsonl").read_text().splitlines()]
+    run_dir = launch(
+        tmp_path,
+        "faults",
+        f"data.root={faults.root}",
+        "data.max_bad_fraction=0.3",
+        "train.record_keys=true",
+        "train.micro_batch=4",
+        "train.global_batch=8",
+        "train.epochs=2",
+        "train.checkpoint_every=0",
+    )
+    records = [
+        json.loads(line) for rank in (0, 1) for line in (run_dir / f"keys-rank{rank}.jsonl").read_text().splitlines()
+    ]
     for epoch in (0, 1):
         used = Counter(key for record in records if record["epoch"] == epoch for key in record["keys"])
         assert used == Counter(faults.good), epoch
@@ -192,18 +233,32 @@ def test_a_deepspeed_run_over_the_fault_set_uses_every_good_clip_once_per_epoch(
         assert all(line[f"data_{kind}"] == 1 for kind in UNUSABLE.values()), line
         assert line["data_audio_resampled"] == line["data_audio_downmixed"] == line["data_short_audio"] == 1
     output = (tmp_path / "faults.log").read_text()
-    summary = "16 of 21 clips used, 5 skipped (missing_audio 1, truncated 1, video_empty 1, video_undecodable 1, audio_empty 1), " \
-              "2 repaired (audio_resampled 1, audio_downmixed 1, short_audio 1)"
+    summary = (
+        "16 of 21 clips used, "
+        "5 skipped (missing_audio 1, truncated 1, video_empty 1, video_undecodable 1, audio_empty 1), "
+        "2 repaired (audio_resampled 1, audio_downmixed 1, short_audio 1)"
+    )
     assert f"data: {faults.root}: {summary}" in output
-    assert f"epoch 1: step 4, " in output and f"; data: {summary}" in output
+    assert "epoch 1: step 4, " in output and f"; data: {summary}" in output
 
 
 def test_a_set_above_the_ceiling_is_refused_before_training(faults, tmp_path):
     run_dir = tmp_path / "run"
-    result = subprocess.run([sys.executable, "engine/pretrain.py", "--config", "configs/tiny/stage1.json",
-                             f"data.root={faults.root}", f"train.output_dir={run_dir}"], cwd=REPO,
-                            env={**os.environ, "MAVIL_CACHE": str(tmp_path / "cache")}, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "engine/pretrain.py",
+            "--config",
+            "configs/tiny/stage1.json",
+            f"data.root={faults.root}",
+            f"train.output_dir={run_dir}",
+        ],
+        cwd=REPO,
+        env={**os.environ, "MAVIL_CACHE": str(tmp_path / "cache")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert f"error: {CEILING_MESSAGE.format(root=faults.root)}" in result.stderr
     assert not run_dir.exists()  # nothing built, nothing written
@@ -223,10 +278,19 @@ def test_a_deepspeed_run_leaves_out_a_clip_dali_rejects_and_uses_every_other_onc
     # 16 clips, one H.264 (the health check accepts it, a CPU DALI pipeline rejects it); 2 ranks x 2 micro-batches of
     # 4 per epoch: in epoch 0 its batch goes on with 3 clips, in epoch 1 the loaders split the 15 left (8 and 7)
     rejected = build_rejected_set(tmp_path / "set")
-    run_dir = launch(tmp_path, "rejected", f"data.root={rejected.root}", "train.record_keys=true",
-                     "train.micro_batch=4", "train.global_batch=8", "train.epochs=2", "train.checkpoint_every=0")
-    records = [json.loads(line) for rank in (0, 1)
-               for line in (run_dir / f"keys-rank{rank}.jsonl").read_text().splitlines()]
+    run_dir = launch(
+        tmp_path,
+        "rejected",
+        f"data.root={rejected.root}",
+        "train.record_keys=true",
+        "train.micro_batch=4",
+        "train.global_batch=8",
+        "train.epochs=2",
+        "train.checkpoint_every=0",
+    )
+    records = [
+        json.loads(line) for rank in (0, 1) for line in (run_dir / f"keys-rank{rank}.jsonl").read_text().splitlines()
+    ]
     for epoch in (0, 1):
         used = Counter(key for record in records if record["epoch"] == epoch for key in record["keys"])
         assert used == Counter(rejected.good), epoch

@@ -3,6 +3,7 @@
 Each runs as the user runs it (`python -m ...`, from the repository root) with a path that does not exist or a
 config that is not UTF-8; argparse's usage line may precede the error line. Pre-training, fine-tuning and
 evaluation have their own table (test_bad_inputs.py, docs/bad_inputs.md). Two commands at a time."""
+
 from __future__ import annotations
 
 import subprocess

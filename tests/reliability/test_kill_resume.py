@@ -13,6 +13,7 @@ Two CPU ranks, ZeRO-2, two micro-batches per optimizer step, a checkpoint after 
 epochs of 4). The kill steps, ranks and the outside delay are drawn from MAVIL_KILL_SEED (random when unset,
 printed, and named in every failure message).
 """
+
 from __future__ import annotations
 
 import json
@@ -114,8 +115,9 @@ def assert_same_run(run_dir, reference, note: str) -> None:
     ours, theirs = metrics(run_dir), metrics(reference)
     assert [line["step"] for line in ours] == list(range(1, STEPS + 1)), note  # each step once: the logs rewound
     for a, b in zip(ours, theirs):
-        assert {k: v for k, v in a.items() if k.startswith("loss") or k in logged} == \
-               {k: v for k, v in b.items() if k.startswith("loss") or k in logged}, note
+        assert {k: v for k, v in a.items() if k.startswith("loss") or k in logged} == {
+            k: v for k, v in b.items() if k.startswith("loss") or k in logged
+        }, note
     for rank in (0, 1):  # the same clips in the same order: the data position resumed exactly
         keys = [(run / f"keys-rank{rank}.jsonl").read_text().splitlines() for run in (run_dir, reference)]
         assert [json.loads(line) for line in keys[0]] == [json.loads(line) for line in keys[1]], note

@@ -5,6 +5,7 @@ Each case runs in a fresh interpreter where the package is absent for real (`abs
 The refusals of the entry points without DeepSpeed or DALI are rows of docs/bad_inputs.md
 (`test_bad_inputs.py`). Versions come from constraints.txt through `mavil.deps`, checked here against the file.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,11 @@ IMPORTS = [  # (absent package, code that needs it, the pinned requirement the m
     ("av", "import mavil.data.encode", "pip install av==18.1.0"),
     ("torchaudio", "import mavil.data.reference", "pip install torchaudio==2.11.0"),
     ("triton", "import mavil.kernels", "pip install triton==3.6.0"),
-    ("nvidia.dali", "from mavil.data.pipeline import Loader, LoaderSpec; Loader('nowhere', LoaderSpec(batch_size=2))",
-     "pip install nvidia-dali-cuda130==2.4.0"),
+    (
+        "nvidia.dali",
+        "from mavil.data.pipeline import Loader, LoaderSpec; Loader('nowhere', LoaderSpec(batch_size=2))",
+        "pip install nvidia-dali-cuda130==2.4.0",
+    ),
 ]
 
 

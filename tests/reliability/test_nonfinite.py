@@ -8,6 +8,7 @@ clean run's checkpoint before step 3 (weights, AdamW's moments and step count) j
 step 3 (data position, RNG states, step counters: the lr schedule and the masks go on where they were), resumed
 to step 6. Both runs' step-6 checkpoints must be equal bit for bit, optimizer and RNG states included.
 """
+
 from __future__ import annotations
 
 import json
@@ -80,36 +81,45 @@ def adam_steps(run_dir: Path, step: int) -> set[float]:
 
 def test_a_non_finite_loss_skips_exactly_that_step_on_every_rank(poisoned, clean):
     lines = metrics(poisoned.run_dir)
-    assert [(l["step"], l["skipped_steps"]) for l in lines] == [(1, 0), (2, 0), (4, 1), (5, 1), (6, 1)]
+    assert [(line["step"], line["skipped_steps"]) for line in lines] == [(1, 0), (2, 0), (4, 1), (5, 1), (6, 1)]
     skipped = metrics(poisoned.run_dir, event="skipped_step")
     assert [(e["step"], e["reason"], e["skipped_steps"], e["in_a_row"]) for e in skipped] == [
-        (3, "non-finite loss on rank 1", 1, 1), (7, "non-finite loss on rank 0", 2, 1), (8, "non-finite loss on rank 1", 3, 2)]
+        (3, "non-finite loss on rank 1", 1, 1),
+        (7, "non-finite loss on rank 0", 2, 1),
+        (8, "non-finite loss on rank 1", 3, 2),
+    ]
     first = skipped[0]["losses"]  # each rank's loss parts, averaged over the step's two micro-batches
     assert first[1]["loss"] == "nan" and isinstance(first[0]["loss"], float)
     assert first[1]["loss_recon_audio"] == pytest.approx(first[0]["loss_recon_audio"], rel=0.5)  # parts still finite
     assert "step 3 skipped (non-finite loss on rank 1; 1 skipped so far, 1 in a row): rank 0: loss" in poisoned.output()
     for ours, theirs in zip(lines[:2], metrics(clean)):  # until the poison the two runs are one
-        assert {k: v for k, v in ours.items() if k.startswith("loss")} == \
-               {k: v for k, v in theirs.items() if k.startswith("loss")}
+        assert {k: v for k, v in ours.items() if k.startswith("loss")} == {
+            k: v for k, v in theirs.items() if k.startswith("loss")
+        }
     assert adam_steps(clean, POISONED) == {3.0} and adam_steps(poisoned.run_dir, LAST_GOOD) == {LAST_GOOD - 1.0}
 
 
 def test_the_run_equals_the_run_without_the_poisoned_batch(poisoned, reference):
     assert differences(load_checkpoint(poisoned.run_dir, LAST_GOOD), load_checkpoint(reference, LAST_GOOD)) == []
     keep = ("step", "lr", "skipped_steps")
-    ours = [l for l in metrics(poisoned.run_dir) if POISONED < l["step"] <= LAST_GOOD]
+    ours = [line for line in metrics(poisoned.run_dir) if POISONED < line["step"] <= LAST_GOOD]
     theirs = metrics(reference)
-    assert [l["step"] for l in theirs] == [4, 5, 6]
-    assert [{k: v for k, v in l.items() if k.startswith("loss") or k in keep} for l in ours] == \
-           [{k: v for k, v in l.items() if k.startswith("loss") or k in keep} for l in theirs]
+    assert [line["step"] for line in theirs] == [4, 5, 6]
+    assert [{k: v for k, v in line.items() if k.startswith("loss") or k in keep} for line in ours] == [
+        {k: v for k, v in line.items() if k.startswith("loss") or k in keep} for line in theirs
+    ]
 
 
 def test_max_bad_steps_in_a_row_stop_the_run_on_its_last_good_checkpoint(poisoned):
     assert poisoned.returncode == 3, poisoned.output()[-3000:]
-    assert (f"error: 2 optimizer steps in a row skipped for a non-finite loss or gradient (train.max_bad_steps = 2), "
-            f"the last at step {STOPPED}: stopping without a checkpoint") in poisoned.output()
+    assert (
+        f"error: 2 optimizer steps in a row skipped for a non-finite loss or gradient (train.max_bad_steps = 2), "
+        f"the last at step {STOPPED}: stopping without a checkpoint"
+    ) in poisoned.output()
     checkpoints = poisoned.run_dir / "checkpoints"
-    assert latest_step(poisoned.run_dir) == LAST_GOOD and all(p.is_file() for p in checkpoint_files(poisoned.run_dir, LAST_GOOD))
+    assert latest_step(poisoned.run_dir) == LAST_GOOD and all(
+        p.is_file() for p in checkpoint_files(poisoned.run_dir, LAST_GOOD)
+    )
     assert not any((checkpoints / tag_for(step)).exists() for step in range(LAST_GOOD + 1, STOPPED + 1))
     assert not (poisoned.run_dir / "model.safetensors").exists()
 
@@ -117,20 +127,34 @@ def test_max_bad_steps_in_a_row_stop_the_run_on_its_last_good_checkpoint(poisone
 def test_zero_stage_1_and_2_skip_in_fp32_and_bf16(workdir):
     """DeepSpeed's own skipping, fed by loss_to_backward: NaN and inf losses, a NaN gradient, on one rank."""
     argv, env = command(workdir, "zero_skip")
-    argv = [*argv[:argv.index("engine/pretrain.py")], "tests/reliability/zero_skip.py", "1:fp32", "2:fp32", "1:bf16", "2:bf16"]
+    argv = [
+        *argv[: argv.index("engine/pretrain.py")],
+        "tests/reliability/zero_skip.py",
+        "1:fp32",
+        "2:fp32",
+        "1:bf16",
+        "2:bf16",
+    ]
     result = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     oks = set(re.findall(r"ok stage \d \w+ rank \d", result.stdout))  # the ranks' lines may interleave
     assert result.returncode == 0 and len(oks) == 8, result.stdout[-3000:] + result.stderr[-3000:]
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"zero_optimization": {"stage": 0}}, "deepspeed.zero_optimization.stage = 0: must be 1 or 2"),
-    ({"zero_optimization": {"stage": 3}}, "deepspeed.zero_optimization.stage = 3: must be 1 or 2"),
-    ({"zero_optimization": {"stage": 2}, "bf16": {"enabled": True, "check_grad_overflow": False}},
-     "deepspeed.bf16.check_grad_overflow = false: must stay true"),
-    ({"zero_optimization": {"stage": 1, "compute_grad_norm": False}},
-     "deepspeed.zero_optimization.compute_grad_norm = false: must stay true"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"zero_optimization": {"stage": 0}}, "deepspeed.zero_optimization.stage = 0: must be 1 or 2"),
+        ({"zero_optimization": {"stage": 3}}, "deepspeed.zero_optimization.stage = 3: must be 1 or 2"),
+        (
+            {"zero_optimization": {"stage": 2}, "bf16": {"enabled": True, "check_grad_overflow": False}},
+            "deepspeed.bf16.check_grad_overflow = false: must stay true",
+        ),
+        (
+            {"zero_optimization": {"stage": 1, "compute_grad_norm": False}},
+            "deepspeed.zero_optimization.compute_grad_norm = false: must stay true",
+        ),
+    ],
+)
 def test_a_deepspeed_section_that_would_apply_non_finite_steps_is_refused(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         check_deepspeed(overrides, "run.json")
@@ -142,11 +166,17 @@ def test_max_bad_steps_must_be_positive():
         tiny_config("train.max_bad_steps=0")
 
 
-@pytest.mark.parametrize("text, message", [
-    ("nan_loss", "needs step=S"), ("kill:step=3", "needs step=S and point=one of"),
-    ("kill:point=nowhere:step=3", "point=one of"), ("nan_loss:step=x", "step must be a whole number"),
-    ("explode:step=1", "unknown kind 'explode'"), ("nan_loss:step=1:micro=2", "expected step=..., rank=..."),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("nan_loss", "needs step=S"),
+        ("kill:step=3", "needs step=S and point=one of"),
+        ("kill:point=nowhere:step=3", "point=one of"),
+        ("nan_loss:step=x", "step must be a whole number"),
+        ("explode:step=1", "unknown kind 'explode'"),
+        ("nan_loss:step=1:micro=2", "expected step=..., rank=..."),
+    ],
+)
 def test_a_malformed_injection_is_refused_naming_it(text, message):
     with pytest.raises(ValueError, match=f"MAVIL_INJECT: fault '{text}'.*{message}"):
         inject.parse(text)

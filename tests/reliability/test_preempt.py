@@ -5,6 +5,7 @@ Two CPU ranks, ZeRO-2, two micro-batches per optimizer step, no periodic checkpo
 the only one before the end), 4 steps. The signal comes from the engine's fault hook (`engine/inject.py`) at a
 fixed point of a step (after the first micro-batch's backward), so the test does not race the tiny steps.
 """
+
 from __future__ import annotations
 
 import time
@@ -35,8 +36,10 @@ def test_sigterm_on_one_rank_checkpoints_and_the_relaunch_matches_an_uninterrupt
     assert "resuming at step 2" in resumed.output()
     ours, theirs = metrics(stopped.run_dir), metrics(reference)
     assert [line["step"] for line in ours] == list(range(1, STEPS + 1))
-    parts = [[{k: v for k, v in line.items() if k.startswith("loss") or k in ("step", "lr")} for line in lines]
-             for lines in (ours, theirs)]
+    parts = [
+        [{k: v for k, v in line.items() if k.startswith("loss") or k in ("step", "lr")} for line in lines]
+        for lines in (ours, theirs)
+    ]
     assert parts[0] == parts[1]  # bit for bit: JSON floats round-trip exactly
 
 

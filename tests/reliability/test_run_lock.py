@@ -1,6 +1,7 @@
 """One live launch per run directory: a second launch into it is refused, naming the holder, and the first is
 unharmed. The first launch's ranks are paused (SIGSTOP) after step 1 while the second starts, so the two overlap
 however fast the machine; the second uses the same master port, which the lock must refuse before it is bound."""
+
 from __future__ import annotations
 
 import json

@@ -11,6 +11,7 @@ applied, engine.skipped_steps counts it, and the module's weights, this rank's f
 state (moments, step count) equal those after the last clean step, bit for bit; the clean steps change them.
 Prints "ok" per rank and case, exits non-zero on the first failure.
 """
+
 from __future__ import annotations
 
 import copy
@@ -40,8 +41,13 @@ def poisoned_loss(model: torch.nn.Module, x: torch.Tensor, poison: str) -> torch
 def state(engine) -> dict:
     """Everything an optimizer step changes, copied: weights, this rank's fp32 partition, AdamW's state."""
     inner = engine.optimizer.optimizer  # the torch AdamW over this rank's partition
-    return copy.deepcopy({"module": engine.module.state_dict(), "fp32": engine.optimizer.single_partition_of_fp32_groups,
-                          "adam": inner.state_dict()["state"]})
+    return copy.deepcopy(
+        {
+            "module": engine.module.state_dict(),
+            "fp32": engine.optimizer.single_partition_of_fp32_groups,
+            "adam": inner.state_dict()["state"],
+        }
+    )
 
 
 def same(a, b) -> bool:
@@ -67,9 +73,14 @@ def optimizer_step(engine, poison: dict[tuple[int, int], str], generator: torch.
 def check(stage: int, dtype: str) -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
-    config = {"train_batch_size": MICRO * ACCUMULATION * dist.get_world_size(), "gradient_accumulation_steps": ACCUMULATION,
-              "train_micro_batch_size_per_gpu": MICRO, "zero_optimization": {"stage": stage},
-              "bf16": {"enabled": dtype == "bf16"}, "zero_allow_untested_optimizer": True}
+    config = {
+        "train_batch_size": MICRO * ACCUMULATION * dist.get_world_size(),
+        "gradient_accumulation_steps": ACCUMULATION,
+        "train_micro_batch_size_per_gpu": MICRO,
+        "zero_optimization": {"stage": stage},
+        "bf16": {"enabled": dtype == "bf16"},
+        "zero_allow_untested_optimizer": True,
+    }
     check_deepspeed(config, "zero_skip")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.95))
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
