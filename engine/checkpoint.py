@@ -30,7 +30,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import os
 import random
 import sys
 import re
@@ -42,6 +41,7 @@ import torch
 import torch.distributed as dist
 
 from ..config import ConfigError
+from ..files import atomic_write
 from . import inject
 
 LATEST = "latest"
@@ -76,15 +76,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def write_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    with open(partial, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial, path)
-
-
 def tag_for(step: int) -> str:
     return f"step{step:08d}"
 
@@ -107,7 +98,7 @@ def save(engine, run_dir: Path, client_state: dict) -> None:
         torch.save(rng_state(), root / tag / f"rng-rank{rank}.pt")
         dist.barrier()
         if rank == 0:
-            write_atomically(root / tag / MANIFEST, json.dumps(manifest(root / tag), indent=1) + "\n")
+            atomic_write(root / tag / MANIFEST, json.dumps(manifest(root / tag), indent=1) + "\n", fsync=True)
     except (OSError, RuntimeError) as err:
         if not out_of_space(err):
             raise
@@ -119,7 +110,7 @@ def save(engine, run_dir: Path, client_state: dict) -> None:
         ) from None
     if rank == 0:
         inject.kill_point("checkpoint_written", step, rank)
-        write_atomically(root / LATEST, tag)
+        atomic_write(root / LATEST, tag, fsync=True)
         inject.kill_point("latest", step, rank)
         prune(root, tag, keep=KEEP)
     dist.barrier()

@@ -11,13 +11,13 @@ the checkpoint's step (`rewind`), so a crash leaves neither repeated steps nor a
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from ..files import atomic_write
 from .checkpoint import DiskFull, out_of_space
 
 
@@ -85,11 +85,9 @@ def rewind(path: Path, keep) -> None:
             kept.append(text + "\n")
     if "".join(kept) == path.read_text():
         return  # nothing to cut: no rewrite (a relaunch on a full disk gets as far as the checkpoint's check)
-    partial = path.with_name(f".{path.name}.partial")
     try:
-        partial.write_text("".join(kept))
+        atomic_write(path, "".join(kept))  # a failed write leaves the file as it was
     except OSError as err:
-        partial.unlink(missing_ok=True)
         if out_of_space(err):
             raise DiskFull(
                 f"{path.parent}: no room to cut {path.name} back to the resumed step ({err.strerror}); "
@@ -97,4 +95,3 @@ def rewind(path: Path, keep) -> None:
                 local=True,
             ) from None
         raise
-    os.replace(partial, path)

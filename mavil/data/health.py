@@ -64,9 +64,10 @@ from tqdm import tqdm
 
 from mavil.config import ConfigError
 from mavil.data.fbank import samples_for_frames
-from mavil.data.prepare import default_workers, map_in_order
+from mavil.data.pool import default_workers, map_in_order
 from mavil.data.shards import (
     VIDEO_EXTS,
+    default_cache_dir,
     index_members,
     index_text,
     member_record,
@@ -74,8 +75,8 @@ from mavil.data.shards import (
     read_manifest,
     read_verified,
 )
-from mavil.data.synthetic import default_cache_dir
 from mavil.data.verify import Bad, audio_facts, check_meta, count_frames  # noqa: F401 (Bad: the tests')
+from mavil.files import atomic_write
 
 
 REPORT, INDEX_DIR, HEALTH_VERSION = "health.json", "health-index", 2  # 2: labels per usable clip
@@ -531,17 +532,9 @@ def run_pass(
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Writes `text` to a temporary file beside `path`, then renames it over `path`: readers see all or nothing."""
+    """Writes `text` to `path` all or nothing (its folders made first); several processes may write it at once."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        os.fchmod(handle, 0o644)  # mkstemp's 0600 would hide the report from the set's other users
-        with os.fdopen(handle, "w") as f:
-            f.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text, concurrent=True)
 
 
 def write_report(root: Path, manifest: dict, entries: dict[str, dict]) -> Path:

@@ -36,17 +36,14 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..deps import require
 from .fbank import fbank, to_model_input
+from .health import DataHealth, ensure_health
 from .shards import decode_meta, index_members, read_index
-
-if TYPE_CHECKING:  # the health check is imported where a loader starts: it loads PyAV, which this module does not need
-    from .health import DataHealth
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -274,8 +271,6 @@ class Loader:
         health: DataHealth | None = None,
     ):
         require("nvidia.dali.plugin.pytorch")  # a missing DALI is named with its pip requirement and install command
-        from .health import ensure_health
-
         self.root, self.spec = Path(root), spec
         self.health = health or ensure_health(self.root, progress=False)
         self.label_names = self.health.manifest["label_names"]

@@ -41,36 +41,32 @@ import json
 import os
 import re
 import sys
-import threading
-import time
-from collections import deque
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
 
 from mavil.data.encode import ENCODING, SAMPLE_RATE, SHORT_SIDE, VIDEO_FPS, encode_audio, encode_video
+from mavil.data.pool import default_workers, map_in_order
 from mavil.data.shards import MANIFEST, ShardWriter, encode_meta, write_manifest
 from mavil.data.verify import Bad, clip_facts
-from mavil.data.sources import (
+from mavil.data.sources import (  # noqa: F401 (MAX_KEY, read_sources, sanitised_keys: the tests')
     FORMATS,
+    MAX_KEY,
     Source,
     SourceList,
-    read_sources,  # noqa: F401
+    read_sources,
+    sanitised_keys,
 )
 from mavil.deps import require
+from mavil.files import atomic_write, partial_path
 
 av = require("av")  # PyAV; a missing one is named with its pip requirement and install command
 
 MAX_DURATION = 600.0  # s: longer files are skipped (encode_video holds a clip's frames in memory)
 MAX_EXIT_STATUS = 100
-IN_FLIGHT_PER_WORKER = 4  # clips submitted ahead of the one the writer waits for
-PARENT_POLL = 1.0  # s: how often a pool worker checks that the run is still there
 END_TOLERANCE = 0.05  # s: an output time this close to the stream's end makes no frame
 TIME_EPSILON = 1e-6  # s: timestamps this close count as equal
 FULL_VIDEO_SLACK, CUT_SLACK = 0.5, 1.0  # s: see is_full_video
@@ -78,47 +74,6 @@ STATE, PROGRESS, MISSING, LOCK = "prepare-state.json", "prepare-progress.jsonl",
 STATE_VERSION = 1
 WARNINGS = 20  # warning lines printed before "... and N more"
 PROG = "python -m mavil.data.prepare"
-
-
-def default_workers() -> int:
-    """The CPUs this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def exit_with_parent(parent: int) -> None:
-    """Runs in each pool worker: ends it once `parent` is gone (a SIGKILLed or OOM-killed run leaves no workers
-    decoding for nobody)."""
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(PARENT_POLL)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
-def map_in_order(fn: Callable, items: Iterable, workers: int, desc: str, progress: bool = True) -> Iterator:
-    """fn(item) for each item, in the items' order, computed by `workers` spawned processes (in this
-    process when workers <= 1), with a progress bar on stderr. At most a few results wait in memory."""
-    items = list(items)
-    with tqdm(total=len(items), desc=desc, unit="clip", file=sys.stderr, disable=not progress) as bar:
-        if workers <= 1:
-            for item in items:
-                yield fn(item)
-                bar.update()
-            return
-        with ProcessPoolExecutor(
-            workers, mp_context=get_context("spawn"), initializer=exit_with_parent, initargs=(os.getpid(),)
-        ) as pool:
-            pending = deque()
-            for item in items:
-                pending.append(pool.submit(fn, item))
-                if len(pending) >= IN_FLIGHT_PER_WORKER * workers:
-                    yield pending.popleft().result()
-                    bar.update()
-            while pending:
-                yield pending.popleft().result()
-                bar.update()
 
 
 @dataclass(frozen=True)
@@ -418,12 +373,6 @@ def read_json(path: Path) -> dict:
         raise PrepareError(f"{path}: unreadable ({error}); give a new --out") from None
 
 
-def write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
 def differing_setting(recorded: dict, settings: dict) -> str | None:
     for name in SETTING_NAMES:
         if recorded.get(name) != settings.get(name):
@@ -443,7 +392,7 @@ def open_state(target: Path, settings: dict) -> list[dict]:
     """The progress records of an earlier run of these settings in `target` (none for a new directory); refuses a
     directory of something else or of other settings, naming the first setting that differs."""
     state = target / STATE
-    if any(path.name not in (LOCK, f".{STATE}.tmp") for path in target.iterdir()):
+    if any(path.name not in (LOCK, partial_path(state).name) for path in target.iterdir()):
         if not state.is_file() and any(target.glob("part-*-of-*")):
             raise PrepareError(
                 f"{target}: holds the parts of a prepare --part run; run it with --part K/N, merge it "
@@ -460,9 +409,9 @@ def open_state(target: Path, settings: dict) -> list[dict]:
                 f"resume, or give a new --out"
             )
         records = read_progress(target)  # rewritten without a line a crash cut short, so that appends follow
-        write_atomic(target / PROGRESS, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
+        atomic_write(target / PROGRESS, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
         return records
-    write_atomic(state, json.dumps({"settings": settings}, indent=1) + "\n")
+    atomic_write(state, json.dumps({"settings": settings}, indent=1) + "\n")
     return []
 
 

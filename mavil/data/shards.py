@@ -18,6 +18,9 @@ manifest.json: {"version", "clips", "shards": [{"tar", "index", "clips", "verifi
                 "skipped": [{"source", "reason"}]}, and from `prepare` also "label_ids" (AudioSet mids), "missing"
                 (downloads not there), "merged" (sources listed more than once). A shard's tar and index are paths
                 relative to the directory: a merge of `prepare --part` runs names them part-K-of-N/shard-....
+
+Sets made here and reports about sets that are not writable live in `default_cache_dir()` ($MAVIL_CACHE, else
+~/.cache/mavil): `synthetic`'s generated sets, `health`'s reports.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -34,6 +38,11 @@ META_BYTES = 1024
 VIDEO_EXTS = ("webm", "mp4")
 VERIFIED_SUFFIX, VERIFIED_VERSION = ".verified.json", 1
 DIGEST_CHARS = 32  # hex characters of sha256 kept per member: 128 bits, against accidental change (not an attacker)
+
+
+def default_cache_dir() -> Path:
+    """$MAVIL_CACHE, else ~/.cache/mavil."""
+    return Path(os.environ.get("MAVIL_CACHE") or Path.home() / ".cache" / "mavil")
 
 
 def member_record(data: bytes) -> list:
@@ -82,7 +91,7 @@ class ShardWriter:
         members = [(video_ext, video), ("flac", audio), ("json", encode_meta({**meta, "key": key}))]
         self.add_members(key, members)
         if facts is None and self.verify:
-            from .verify import Bad, clip_facts  # here: PyAV, which the loaders importing this module do not need
+            from .verify import Bad, clip_facts  # here: verify imports this module
 
             try:
                 facts = clip_facts(video, audio)

@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from mavil.data.encode import ENCODING, SAMPLE_RATE, SHORT_SIDE, VIDEO_FPS, encode_audio, encode_video
-from mavil.data.prepare import default_workers, map_in_order
-from mavil.data.shards import MANIFEST, ShardWriter, write_manifest
+from mavil.data.pool import default_workers, map_in_order
+from mavil.data.shards import MANIFEST, ShardWriter, default_cache_dir, write_manifest
 
 FRAME_WIDTH = 320  # frames are SHORT_SIDE x FRAME_WIDTH (256 x 320)
 SHAPES = ("disc", "square", "triangle", "cross", "ring", "diamond", "ellipse", "saltire")
@@ -241,11 +241,6 @@ def checked_duration(duration: float) -> int:
     if not 1 <= duration <= MAX_DURATION or int(duration) != duration:
         raise ValueError(f"duration ({duration}) must be a whole number of seconds in [1, {MAX_DURATION}]")
     return int(duration)
-
-
-def default_cache_dir() -> Path:
-    """$MAVIL_CACHE, else ~/.cache/mavil."""
-    return Path(os.environ.get("MAVIL_CACHE") or Path.home() / ".cache" / "mavil")
 
 
 def ensure_synthetic(

@@ -16,8 +16,6 @@ import io
 from mavil.data.shards import META_BYTES, decode_meta, member_record  # noqa: F401 (member_record: one place)
 from mavil.deps import require
 
-av = require("av")  # PyAV; a missing one is named with its pip requirement and install command
-
 
 class Bad(Exception):
     """A clip that cannot be used: args = (kind, detail)."""
@@ -44,6 +42,7 @@ def count_frames(data: bytes) -> int:
     """The video's decodable frames; Bad when there are none or it does not decode."""
     if not data:
         raise Bad("video_empty", "0 bytes")
+    av = require("av")  # here, not at import: the health check reads most clips' records without decoding
     try:
         with av.open(io.BytesIO(data)) as container:
             frames = sum(1 for _ in container.decode(video=0))
@@ -58,6 +57,7 @@ def audio_facts(data: bytes) -> tuple[int, int, int]:
     """(sample rate, channels, samples per channel) of the audio; Bad when it does not decode in full."""
     if not data:
         raise Bad("audio_empty", "0 bytes")
+    av = require("av")
     try:
         with av.open(io.BytesIO(data)) as container:
             stream = container.streams.audio[0]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -16,6 +15,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..config import ModelConfig, model_config_from_dict
+from ..files import atomic_write
 from .mavil import MAViL, Backbone
 from .pretrained import load_inits
 
@@ -45,10 +45,8 @@ def save_weights(model: MAViL, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {name: t.detach().float().cpu().contiguous() for name, t in model.state_dict().items()}
-    partial = path.with_name(f".{path.name}.partial")
-    save_file(state, str(partial), metadata={CONFIG_KEY: json.dumps(dataclasses.asdict(model.cfg))})
-    os.replace(partial, path)
-    return path
+    metadata = {CONFIG_KEY: json.dumps(dataclasses.asdict(model.cfg))}
+    return atomic_write(path, lambda partial: save_file(state, str(partial), metadata=metadata))
 
 
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
