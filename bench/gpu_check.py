@@ -41,8 +41,6 @@ REPO = Path(__file__).resolve().parents[1]
 OPTIONAL = ("deepspeed", "xformers", "av", "nvidia.dali", "sklearn")  # what the GPU machine may lack
 TEST_PATHS = (
     "tests/kernels",
-    "tests/test_kernels_reference.py",
-    "tests/test_model.py",
     "tests/model",
     "tests/data/test_fbank.py",
 )

@@ -3,7 +3,7 @@ import json
 from mavil.config import ModelConfig
 from mavil.model.summary import main, summarize
 
-from .conftest import CONFIGS
+from ..conftest import CONFIGS
 
 # timm's vit_base_patch16_224 without its head: 85,798,656 parameters, of which the 3 x 16 x 16
 # image patch embedding holds 590,592 and the learned position table 197 x 768 = 151,296.

@@ -1,13 +1,13 @@
-"""The model trains: losses fall on one batch, stage 2 learns from a frozen teacher, seeds reproduce."""
+"""mavil.model.weights: stage 2 learns from a frozen teacher read from a weights file; weights round-trip."""
 
 import pytest
 import torch
 
 from mavil.config import ConfigError, load_config
-from mavil.engine.overfit import example_batch, load_configs, overfit
+from mavil.engine.overfit import example_batch
 from mavil.model import MAViL, build_model, load_teacher, read_weights, save_weights
 
-from .conftest import CONFIGS, tiny_config
+from ..conftest import CONFIGS, tiny_config
 
 
 def stage2_config(teacher_path, *overrides):
@@ -19,19 +19,6 @@ def teacher_file(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("teacher") / "stage1.safetensors"
     return save_weights(MAViL(tiny_config().model), path)
-
-
-@pytest.mark.parametrize("fusion", ["vanilla", "mbt"])
-def test_tiny_model_overfits_one_batch_in_both_stages(fusion, tmp_path):
-    stage1, stage2 = load_configs(
-        CONFIGS / "tiny" / "stage1.json", CONFIGS / "tiny" / "stage2.json", [f"model.fusion={fusion}"]
-    )
-    history = overfit(stage1, stage2, steps=80, lr=2e-3, out=tmp_path)
-    for stage in ("stage1", "stage2"):
-        first = history[stage][0]["loss"]
-        last = sum(step["loss"] for step in history[stage][-5:]) / 5
-        assert last < 0.5 * first, f"{stage}: loss {first:.3f} -> {last:.3f}"
-    assert (tmp_path / "stage1.safetensors").is_file() and (tmp_path / "stage2.safetensors").is_file()
 
 
 def test_stage2_trains_every_student_parameter_and_never_the_teacher(teacher_file):
@@ -74,18 +61,6 @@ def test_teacher_follows_the_student_across_dtypes(teacher_file):
     model = build_model(stage2_config(teacher_file).model)
     model.to(torch.bfloat16)
     assert all(p.dtype == torch.bfloat16 for p in model.teacher.parameters())
-
-
-def test_same_seed_gives_the_same_loss():
-    cfg = tiny_config()
-    batch = example_batch(cfg.model, 4, 0)
-
-    def loss_for(seed):
-        torch.manual_seed(seed)
-        return MAViL(cfg.model)(batch["audio"], batch["video"])["loss"]
-
-    assert torch.equal(loss_for(7), loss_for(7))
-    assert not torch.equal(loss_for(7), loss_for(8))
 
 
 def test_weights_round_trip(tmp_path, teacher_file):

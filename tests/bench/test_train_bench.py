@@ -1,4 +1,6 @@
-"""pytest-benchmark entry points for training: `pytest bench/ --benchmark-only` (not part of the test run).
+"""pytest-benchmark entry points for training: `pytest tests/bench --benchmark-enable --benchmark-only` times them;
+in the test run (pytest.ini's --benchmark-disable) each runs once, untimed. Speed is measured by
+`python -m bench.train`.
 
 One training step of the tiny model (forward, backward, AdamW step) on random tensors already on the
 device, stage 1 and stage 2 (a random in-memory teacher), and one batch of the DALI pipeline from the
@@ -6,17 +8,17 @@ synthetic set at the tiny config's sizes; on the paths MAVIL_KERNELS and the con
 bench/train.py measures the same against the reference path, with rates, MFU and memory.
 """
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from mavil.config import load_config
 
-from .common import synchronize
-from .train import loader_batches, model_for, random_batches, synthetic_root, training_step
+from bench.common import synchronize
+from bench.train import loader_batches, model_for, random_batches, synthetic_root, training_step
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny" / "stage1.json"
+from ..conftest import CONFIGS
+
+CONFIG = CONFIGS / "tiny" / "stage1.json"
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 DTYPE = torch.bfloat16 if DEVICE.type == "cuda" else torch.float32
 BATCH = 8

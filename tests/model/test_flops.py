@@ -17,7 +17,7 @@ from mavil.model import MAViL, Backbone
 from mavil.model.flops import block, forward_parts, main, step_flops
 from mavil.model.vit import Block
 
-from .conftest import CONFIGS, tiny_config
+from ..conftest import CONFIGS, tiny_config
 
 
 def hand_count(tokens: int, dim: int, heads: int, hidden: int) -> int:

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mavil.config import ModelConfig
+from mavil.engine.overfit import example_batch
 from mavil.model import MAViL
 from mavil.model.attention import attend, resolve_backend
 from mavil.model.masking import random_masking
@@ -11,7 +12,7 @@ from mavil.model.patch import PatchEmbed, patchify, unpatchify
 from mavil.model.positions import sincos_grid
 from mavil.model.vit import Block
 
-from .conftest import tiny_config
+from ..conftest import tiny_config
 
 
 def inputs(cfg, batch=2):
@@ -149,3 +150,15 @@ def test_reconstruct_returns_predictions_masks_and_targets_in_token_order():
     assert out["video_pred"].shape == out["video_target"].shape == (2, 32, 1536)
     assert out["audio_mask"].sum(1).eq(96 - 29).all()  # 70%: round(96 * 0.3) = 29 visible
     torch.testing.assert_close(out["audio_target"], patchify(audio, (16, 16)))
+
+
+def test_same_seed_gives_the_same_loss():
+    cfg = tiny_config()
+    batch = example_batch(cfg.model, 4, 0)
+
+    def loss_for(seed):
+        torch.manual_seed(seed)
+        return MAViL(cfg.model)(batch["audio"], batch["video"])["loss"]
+
+    assert torch.equal(loss_for(7), loss_for(7))
+    assert not torch.equal(loss_for(7), loss_for(8))

@@ -1,4 +1,6 @@
-"""pytest-benchmark entry points for the kernels: `pytest bench/ --benchmark-only` (not part of the test run).
+"""pytest-benchmark entry points for the kernels: `pytest tests/bench --benchmark-enable --benchmark-only` times them;
+in the test run (pytest.ini's --benchmark-disable) each runs once, untimed. Speed is measured by
+`python -m bench.kernels`.
 
 Each op at one real MAViL size, forward and backward, on the path MAVIL_KERNELS selects (Triton on
 CUDA, the reference on the CPU by default).
@@ -7,7 +9,7 @@ CUDA, the reference on the CPU by default).
 import pytest
 import torch
 
-from .kernels import gather_case, mse_case, nce_case, restore_case
+from bench.kernels import gather_case, mse_case, nce_case, restore_case
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 DTYPE = torch.bfloat16 if DEVICE.type == "cuda" else torch.float32
