@@ -8,16 +8,20 @@
   fused patch tokens are averaged on their own and concatenated: LayerNorm and head over 2 * dim.
 - retrieval: both encoders and no head; `embeddings` gives each modality's pooled tokens, trained with InfoNCE.
 
-Fine-tuning masking (training only) drops tokens before the encoders: audio by whole time rows and
-frequency columns of patches, video by random tokens over space and time (the ids come from the engine).
+The model owns its loss, as MAViL does: `forward(audio, video, label)` -> {"loss": ...}, and `predict` gives the
+outputs. Fine-tuning masking (training mode only) drops tokens before the encoders: audio by whole time rows and
+frequency columns of patches, video by random tokens over space and time.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from ..kernels import info_nce, info_nce_global
+from .masking import random_masking, time_frequency_keep
 from .mavil import audio_encoder, video_encoder
 from .vit import LayerNorm, Transformer, init_weights, set_grad_checkpointing
 from .weights import read_weights
@@ -33,9 +37,29 @@ def encoder_names(mode: str) -> tuple[str, ...]:
 
 
 class Classifier(nn.Module):
-    def __init__(self, cfg: ModelConfig, mode: str, num_classes: int, fusion_depth: int = 3):
+    """forward(audio, video, label) -> {"loss": scalar}: in training mode the fine-tuning masking first (audio's
+    draws, then video's, from the default generator of the inputs' device), then BCE on `label` (B, classes) (soft
+    targets with mixup) or CE on its argmax; in retrieval symmetric InfoNCE at `tau` (every rank's negatives with
+    cfg.global_negatives), label unused. predict(audio, video): the outputs, unmasked. Masking fractions of 0: none.
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        mode: str,
+        num_classes: int,
+        fusion_depth: int = 3,
+        *,
+        mask_time: float = 0.0,
+        mask_freq: float = 0.0,
+        mask_video: float = 0.0,
+        loss: str = "bce",
+        tau: float = 0.1,
+    ):
         super().__init__()
         self.cfg, self.mode = cfg, mode
+        self.mask_time, self.mask_freq, self.mask_video = mask_time, mask_freq, mask_video
+        self.loss, self.tau = loss, tau
         encoders = encoder_names(mode)
         if "audio_encoder" in encoders:
             self.audio_encoder = audio_encoder(cfg)
@@ -65,13 +89,46 @@ class Classifier(nn.Module):
         return encoder.encode(encoder.embed(x), ids_keep)[:, 1:]
 
     def forward(
+        self, audio: torch.Tensor | None = None, video: torch.Tensor | None = None, label: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Batch tensors -> {"loss": scalar} (see the class docstring); masked in training mode."""
+        audio_keep, video_keep = self.keep_ids(audio, video) if self.training else (None, None)
+        if self.mode == "retrieval":
+            a_emb, v_emb = self.outputs(audio, video, audio_keep, video_keep)
+            contrast = info_nce_global if self.cfg.global_negatives else info_nce
+            return {"loss": contrast(a_emb, v_emb, self.tau, symmetric=True)}
+        if label is None:
+            raise ValueError(f"a {self.mode} classifier's loss needs the labels")
+        logits = self.outputs(audio, video, audio_keep, video_keep).float()
+        if self.loss == "bce":
+            return {"loss": F.binary_cross_entropy_with_logits(logits, label)}
+        return {"loss": F.cross_entropy(logits, label.argmax(dim=1))}
+
+    def predict(self, audio: torch.Tensor | None = None, video: torch.Tensor | None = None):
+        """Unmasked -> (B, classes) logits from the modalities of the mode; in retrieval mode the two embeddings."""
+        return self.outputs(audio, video)
+
+    def keep_ids(
+        self, audio: torch.Tensor | None, video: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Fine-tuning masking: the tokens each encoder keeps (None: all), audio's drawn first."""
+        m = self.cfg
+        audio_keep = video_keep = None
+        if self.mode != "video" and (self.mask_time or self.mask_freq):
+            grid = (m.audio_frames // m.audio_patch[0], m.audio_mel_bins // m.audio_patch[1])
+            audio_keep = time_frequency_keep(audio.shape[0], grid, self.mask_time, self.mask_freq, audio.device)
+        if self.mode != "audio" and self.mask_video:
+            video_keep = random_masking(video.shape[0], m.video_tokens, self.mask_video, video.device).ids_keep
+        return audio_keep, video_keep
+
+    def outputs(
         self,
         audio: torch.Tensor | None = None,
         video: torch.Tensor | None = None,
         audio_keep: torch.Tensor | None = None,
         video_keep: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """-> (B, classes) logits from the modalities of the mode; in retrieval mode the two embeddings."""
+    ):
+        """`predict` with the tokens each encoder keeps (None: all)."""
         if self.mode == "retrieval":
             return self.embeddings(audio, video, audio_keep, video_keep)
         if self.vitmm:

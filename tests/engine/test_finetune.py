@@ -28,14 +28,14 @@ def inputs(cfg, batch=2):
 def test_classifier_modes_give_logits(mode):
     cfg = tiny_config()
     model = Classifier(cfg.model, mode, num_classes=5)
-    assert model(*inputs(cfg)).shape == (2, 5)
+    assert model.predict(*inputs(cfg)).shape == (2, 5)
     assert hasattr(model, "fusion") == (mode == "audio+video")
     assert hasattr(model, "audio_encoder") == (mode != "video") and hasattr(model, "video_encoder") == (mode != "audio")
 
 
 def test_retrieval_mode_gives_two_embeddings():
     cfg = tiny_config()
-    a_emb, v_emb = Classifier(cfg.model, "retrieval", 0)(*inputs(cfg, 3))
+    a_emb, v_emb = Classifier(cfg.model, "retrieval", 0).predict(*inputs(cfg, 3))
     assert a_emb.shape == v_emb.shape == (3, 64)
 
 

@@ -199,9 +199,9 @@ def test_finetuned_export_gives_the_same_logits_in_the_expert_and_after_reimport
     state, dropped = to_avsuperb(model)
     assert dropped == [] and state["head_av.weight"].shape == (5, 2 * cfg.encoder_dim)
     audio, video = inputs(cfg)
-    logits = model(audio, video)
+    logits = model.predict(audio, video)
     torch.testing.assert_close(expert_forward(state, audio, video, cfg.encoder_heads)[3], logits, rtol=1e-4, atol=1e-5)
-    assert torch.equal(from_avsuperb(state, cfg).eval()(audio, video), logits)
+    assert torch.equal(from_avsuperb(state, cfg).eval().predict(audio, video), logits)
 
 
 def timm_block(state, prefix, x, heads):
@@ -232,7 +232,7 @@ def test_timm_blocks_under_the_exported_names_give_our_logits():
     state, _ = to_avsuperb(model)
     audio, video = inputs(cfg)
     logits = expert_forward(state, audio, video, cfg.encoder_heads, block=timm_block)[3]
-    torch.testing.assert_close(logits, model(audio, video), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(logits, model.predict(audio, video), rtol=1e-4, atol=1e-5)
 
 
 @torch.no_grad()
@@ -286,5 +286,5 @@ def test_fine_tuning_without_the_encoder_norm_keeps_the_paper_heads_working():
     assert math.isfinite(MAViL(cfg)(audio, video)["loss"].item())
     for mode in ("audio", "video", "audio+video"):
         model = Classifier(cfg, mode, 4)
-        assert model(audio, video).shape == (2, 4)
+        assert model.predict(audio, video).shape == (2, 4)
         assert not any(".transformer.norm." in k for k in model.state_dict())
