@@ -11,17 +11,18 @@ the trainer); here it runs its CPU pipeline. Results: bench/results/data-<cpu|cu
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import torch
 
 from mavil.config import ConfigError, load_config
-from mavil.data.pipeline import Loader, LoaderSpec
+from mavil.data.pipeline import Loader
 from mavil.data.reference import reference_loader
 from mavil.data.synthetic import ensure_synthetic
+from mavil.engine.run import loader_spec
 
 from .common import synchronize, write_result
+from mavil.cli import refuse
 
 
 def clips_per_second(batches, count: int, device: torch.device) -> dict:
@@ -50,13 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return refuse(err)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     clips_needed = args.batch_size * (args.batches + 1)
     root = args.root or ensure_synthetic(clips=max(clips_needed, 64), classes=8, seed=0, duration=10.0)
-    spec = LoaderSpec.from_config(cfg, args.batch_size, train=True)
-    spec.num_threads = args.workers
+    spec = loader_spec(cfg, args.batch_size, True, num_threads=args.workers)
     results = {
         "dali": clips_per_second(Loader(root, spec, device=device), args.batches, device),
         "reference": clips_per_second(reference_loader(root, spec, num_workers=args.workers), args.batches, device),

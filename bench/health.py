@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from mavil.data.health import ensure_health
-from mavil.data.prepare import default_workers
+from mavil.data.pool import default_workers
 from mavil.data.shards import MANIFEST
 from mavil.data.synthetic import generate
 

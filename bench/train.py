@@ -65,6 +65,7 @@ import torch
 
 from mavil.config import Config, ConfigError, ModelConfig, load_config
 from mavil.engine.optim import param_groups
+from mavil.engine.run import loader_spec
 from mavil.model import MAViL, Backbone
 from mavil.model.attention import resolve_backend
 from mavil.model.vit import resolve_attention
@@ -73,6 +74,7 @@ from mavil.model.flops import step_flops
 from .common import RESULTS, device_name, device_suffix, git_commit, median_seconds, synchronize, write_result
 from .kernels import kernels_mode
 from .train_report import merge, read_previous, write_markdown, write_plot
+from mavil.cli import refuse
 
 PATHS = {  # what each path runs: MAVIL_KERNELS, attention (None: the config's), loader; the engine path's variants
     "engine": {"kernels": "auto", "attention": None, "loader": "dali"},
@@ -126,11 +128,10 @@ def random_batches(cfg: ModelConfig, batch: int, device, dtype):
 
 def loader_batches(kind: str, cfg: Config, root: Path, batch: int, workers: int, device, dtype):
     """(audio, video) from the DALI pipeline or the reference loader, epoch after epoch, full batches only."""
-    from mavil.data.pipeline import Loader, LoaderSpec  # here: model-only runs need neither DALI nor PyAV
+    from mavil.data.pipeline import Loader  # here: model-only runs need neither DALI nor PyAV
     from mavil.data.reference import reference_loader
 
-    spec = LoaderSpec.from_config(cfg, batch, train=True)
-    spec.num_threads = workers
+    spec = loader_spec(cfg, batch, True, num_threads=workers)
     loader = Loader(root, spec, device=device) if kind == "dali" else reference_loader(root, spec, num_workers=workers)
     while True:
         for clips in loader:
@@ -515,10 +516,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        cfg = load_config(args.config, [*args.overrides, "model.stage=1", "model.teacher=null"])
+        cfg = load_config(args.config, args.overrides)  # its model.stage and model.teacher: see model_for
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return refuse(err)
     on_gpu = torch.cuda.is_available()
     device = torch.device("cuda" if on_gpu else "cpu")
     dtype = torch.bfloat16 if on_gpu else torch.float32

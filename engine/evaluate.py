@@ -15,48 +15,36 @@ over the evaluation pairs, one similarity matrix product (`scores.retrieval_metr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if __package__ in (None, ""):  # run as a script (the deepspeed launcher does): import as the package
-    __package__ = "mavil.engine"
-    import mavil.engine  # noqa: F401
 
 import torch
 import torch.distributed as dist
 
-from ..config import DEVICES, Config, ConfigError, load_config
-from ..data.pipeline import Loader, LoaderSpec
-from ..deps import MissingDependency
-from ..model.classifier import Classifier
-from ..model.weights import read_weights
-from .launch import checked_health, synthetic_set
-from .preflight import check_evaluation
-from .scores import accuracy, chance_recall, gather_predictions, mean_average_precision, retrieval_metrics
-
-if TYPE_CHECKING:  # imported where used: the health check loads PyAV
-    from ..data.health import DataHealth
-
-
-def eval_root(cfg: Config) -> Path:
-    """finetune.eval_root, or the synthetic set of the evaluation seed."""
-    ft = cfg.finetune
-    if ft.eval_root is not None:
-        return Path(ft.eval_root)
-    return synthetic_set(cfg.data, seed=ft.eval_synthetic_seed, clips=ft.eval_synthetic_clips)
+# absolute imports: the deepspeed launcher runs this file as a script
+from mavil.cli import refuse
+from mavil.config import DEVICES, Config, ConfigError, load_config
+from mavil.data.health import DataHealth
+from mavil.data.pipeline import Loader, model_inputs
+from mavil.deps import MissingDependency
+from mavil.model.classifier import Classifier
+from mavil.model.weights import read_weights
+from mavil.engine.launch import init_distributed
+from mavil.engine.run import Plan, plan_evaluation
+from mavil.engine.scores import accuracy, chance_recall, gather_predictions, mean_average_precision, retrieval_metrics
 
 
 def _rank_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
-def _loader(cfg: Config, root: Path, device: torch.device, eval_clips: int, health: DataHealth) -> Loader:
-    spec = LoaderSpec.from_config(cfg, cfg.train.micro_batch, train=False)
-    spec.eval_clips = eval_clips
+def _loader(plan: Plan, health: DataHealth, device: torch.device, eval_clips: int) -> Loader:
+    spec = dataclasses.replace(plan.eval_spec, eval_clips=eval_clips)
     rank, world = _rank_world()
-    return Loader(root, spec, rank=rank, world_size=world, seed=cfg.train.seed, device=device, health=health)
+    return Loader(health.root, spec, rank=rank, world_size=world, seed=plan.cfg.train.seed, device=device,
+                  health=health)  # fmt: skip
 
 
 @torch.no_grad()
@@ -64,37 +52,35 @@ def class_scores(model: Classifier, loader: Loader, multi_label: bool) -> tuple[
     """-> (N, C) probabilities (averaged over a batch's video windows) and (N, C) labels, gathered over ranks."""
     dtype = next(model.parameters()).dtype
     probabilities, labels = [], []
+    multi_clip = loader.spec.eval_clips > 1  # video (B, clips, 3, T, S, S): the Batch contract
     for batch in loader:
-        audio, video = batch["audio"].to(dtype), batch["video"].to(dtype)
-        windows = video.unbind(1) if video.dim() == 6 else (video,)  # (B, clips, 3, T, S, S) in multi-clip
-        logits = [model(audio, window).float() for window in windows]
+        audio, video, label = model_inputs(batch, dtype)
+        logits = [model.predict(audio, window).float() for window in (video.unbind(1) if multi_clip else (video,))]
         probs = [clip.sigmoid() if multi_label else clip.softmax(dim=-1) for clip in logits]
         probabilities.append(torch.stack(probs).mean(dim=0))
-        labels.append(batch["label"].to(probabilities[-1].device))
+        labels.append(label)
     return gather_predictions(torch.cat(probabilities)), gather_predictions(torch.cat(labels))
 
 
 @torch.no_grad()
 def retrieval_embeddings(model: Classifier, loader: Loader) -> tuple[torch.Tensor, torch.Tensor]:
     dtype = next(model.parameters()).dtype
-    pairs = [model.embeddings(b["audio"].to(dtype), b["video"].to(dtype)) for b in loader]
+    pairs = [model.predict(*model_inputs(batch, dtype)[:2]) for batch in loader]
     return (
         gather_predictions(torch.cat([a for a, _ in pairs]).float()),
         gather_predictions(torch.cat([v for _, v in pairs]).float()),
     )
 
 
-def evaluate(model: Classifier, cfg: Config, root: Path, device: torch.device) -> dict:
-    """Scores of `model` on the usable clips of the shard directory `root` (every rank calls it; all get the same
-    dict), with the clips skipped and repaired per kind (data_skipped, data_<kind>, ...: `mavil.data.health`)."""
-    from ..data.health import Windows
-
-    health = checked_health(root, cfg.data)
+def evaluate(model: Classifier, plan: Plan, health: DataHealth, device: torch.device) -> dict:
+    """Scores of `model` on the usable clips of the evaluation set `health` opened (every rank calls it; all get the
+    same dict), with the clips skipped and repaired per kind (data_skipped, data_<kind>, ...: `mavil.data.health`)."""
+    cfg = plan.cfg
     was_training = model.training
     model.eval()
     mode, ft = cfg.finetune.mode, cfg.finetune
     if mode == "retrieval":
-        audio_emb, video_emb = retrieval_embeddings(model, _loader(cfg, root, device, 1, health))
+        audio_emb, video_emb = retrieval_embeddings(model, _loader(plan, health, device, 1))
         result = {
             "pairs": len(audio_emb),
             **retrieval_metrics(audio_emb, video_emb, both_directions=True),
@@ -102,14 +88,14 @@ def evaluate(model: Classifier, cfg: Config, root: Path, device: torch.device) -
         }
     else:
         multi_label = ft.loss == "bce"
-        scores, labels = class_scores(model, _loader(cfg, root, device, 1, health), multi_label)
+        scores, labels = class_scores(model, _loader(plan, health, device, 1), multi_label)
         result = {
             "clips": len(scores),
             "mAP": mean_average_precision(scores, labels)[0],
             "accuracy": accuracy(scores, labels),
         }
         if mode != "audio" and ft.eval_clips > 1:
-            scores, labels = class_scores(model, _loader(cfg, root, device, ft.eval_clips, health), multi_label)
+            scores, labels = class_scores(model, _loader(plan, health, device, ft.eval_clips), multi_label)
             result.update(
                 {
                     f"mAP_{ft.eval_clips}clips": mean_average_precision(scores, labels)[0],
@@ -117,20 +103,18 @@ def evaluate(model: Classifier, cfg: Config, root: Path, device: torch.device) -
                 }
             )
     model.train(was_training)
-    return {**result, **health.tally(Windows.from_config(cfg)).fields()}
+    return {**result, **health.tally(plan.windows).fields()}
 
 
 def run_config(run_dir: Path, device: str | None = None) -> Config:
-    """The config of a fine-tuning run directory (its config.json), less what evaluation does not read: the
-    initialisation (the run's own weights replace it) and the training shards (which may be gone by now);
-    `device` replaces the run's train.device (None: the run's)."""
-    overrides = ["finetune.init=null", "data.root=null", *([f"train.device={device}"] if device else [])]
-    return load_config(run_dir / "config.json", overrides)
+    """The config of a fine-tuning run directory (its config.json); `device` replaces its train.device (None: the
+    run's)."""
+    return load_config(run_dir / "config.json", [f"train.device={device}"] if device else [])
 
 
-def load_run(run_dir: Path, device: torch.device) -> tuple[Classifier, Config]:
+def load_run(run_dir: Path, device: torch.device, cfg: Config | None = None) -> tuple[Classifier, Config]:
     """The fine-tuned model of a run directory (its config.json and model.safetensors)."""
-    cfg = run_config(run_dir)
+    cfg = cfg or run_config(run_dir)
     state, _ = read_weights(run_dir / "model.safetensors")
     classes = state["head.weight"].shape[0] if "head.weight" in state else 0
     model = Classifier(cfg.model, cfg.finetune.mode, classes, cfg.finetune.fusion_depth)
@@ -149,32 +133,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def checked_run(run_dir: Path, data: Path | None, device: str | None = None) -> Config:
-    """The run's config (`device` replacing its train.device), with its weights, the evaluation shards and the
-    device checked; raises ConfigError or MissingDependency naming the problem. Nothing is started yet."""
-    cfg = run_config(run_dir, device)
-    check_evaluation(cfg, run_dir, data)
-    return cfg
+def checked_run(run_dir: Path, data: Path | None, device: str | None = None) -> Plan:
+    """The evaluation's plan (`device` replacing the run's train.device), with the run's weights, the evaluation
+    shards and the device checked; raises ConfigError or MissingDependency naming the problem. Nothing is started."""
+    return plan_evaluation(run_config(run_dir, device), run_dir, data)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:  # refused before any work when the run directory or the shards cannot be evaluated: exit status 2
-        checked = checked_run(args.run, args.data, args.device)
+        plan = checked_run(args.run, args.data, args.device)
     except (ConfigError, MissingDependency) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    from .launch import init_distributed
-
-    rank, _, device = init_distributed(checked.train.device)
-    model, cfg = load_run(args.run, device)
-    root = args.data or eval_root(cfg)
+        return refuse(err)
+    rank, _, device = init_distributed(plan.cfg.train.device)
+    model, _ = load_run(args.run, device, plan.cfg)
     try:
-        scores = evaluate(model, cfg, root, device)
+        scores = evaluate(model, plan, plan.eval_set.open(), device)
     except ConfigError as err:  # UnusableData: more bad clips than data.max_bad_fraction (mavil.data.health)
-        if rank == 0:
-            print(f"error: {err}", file=sys.stderr)
-        return 2
+        return refuse(err, show=rank == 0)
     if rank == 0:
         print(json.dumps(scores, indent=1))
     return 0

@@ -22,8 +22,10 @@ import sys
 from pathlib import Path
 
 from ..config import ModelConfig
+from ..files import atomic_write
 from ..model import MAViL, save_weights
 from .checkpoint import choose
+from ..cli import refuse
 
 
 def export(run_dir: Path, out: Path | None = None) -> Path:
@@ -49,8 +51,6 @@ MODEL_FILE = "model.safetensors"
 def export_av_superb(run_dir: Path, out: Path | None = None, force: bool = False) -> tuple[Path, list[str]]:
     """The run's model as AV-SUPERB's MAViL expert loads it -> (the file, the differences written anyway with
     `force`). ValueError when the model has no counterpart there, or (without `force`) computes other states."""
-    import os
-
     import torch
 
     from ..config import model_config_from_dict
@@ -81,9 +81,7 @@ def export_av_superb(run_dir: Path, out: Path | None = None, force: bool = False
             + " (--force writes it anyway)"
         )
     out = out or run_dir / AV_SUPERB_FILE
-    partial = out.with_name(f".{out.name}.partial")
-    torch.save({"model": state}, partial)
-    os.replace(partial, out)
+    atomic_write(out, lambda partial: torch.save({"model": state}, partial))
     return out, problems
 
 
@@ -109,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         print(f"exported {export(args.run_dir, args.out)}")
     except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return refuse(err)
     return 0
 
 

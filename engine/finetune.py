@@ -20,35 +20,28 @@ import json
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script (the deepspeed launcher does): import as the package
-    __package__ = "mavil.engine"
-    import mavil.engine  # noqa: F401
-
 import torch
-import torch.nn.functional as F
 
-from ..config import ConfigError
-from ..data.pipeline import Loader, LoaderSpec
-from ..data.sampling import BalancedRepeats, WeightedDraws, clip_weights
-from ..kernels import info_nce, info_nce_global
-from ..model.classifier import Classifier, load_encoders
-from ..model.masking import random_masking, time_frequency_keep
-from ..model.pretrained import load_inits
-from .augment import add_noise, mixup, spec_augment
-from .evaluate import evaluate, eval_root
-from .launch import checked_health, dataset_root
-from .optim import param_groups
-from .preflight import check_finetuning
-from .trainer import Trainer, main
+# absolute imports: the deepspeed launcher runs this file as a script
+from mavil.config import ConfigError
+from mavil.data.pipeline import Loader, model_inputs
+from mavil.data.sampling import BalancedRepeats, WeightedDraws, clip_weights
+from mavil.model.classifier import Classifier, load_encoders
+from mavil.model.pretrained import load_inits
+from mavil.engine.augment import add_noise, mixup, spec_augment
+from mavil.engine.evaluate import evaluate
+from mavil.engine.optim import param_groups
+from mavil.engine.run import plan_finetuning
+from mavil.engine.trainer import Trainer, main
 
 
 class Finetuner(Trainer):
-    check_inputs = staticmethod(check_finetuning)
+    make_plan = staticmethod(plan_finetuning)
 
-    def __init__(self, cfg, rank, world, device):
-        self.root = dataset_root(cfg.data)
-        self.health = checked_health(self.root, cfg.data)  # only usable clips are read; refused above the ceiling
-        checked_health(eval_root(cfg), cfg.data)  # the evaluation set too: refused now rather than after training
+    def __init__(self, plan, rank, world, device):
+        super().__init__(plan, rank, world, device)
+        self.eval_health = plan.eval_set.open()  # the evaluation set too: refused now rather than after training
+        cfg = self.cfg
         self.manifest = self.health.manifest
         self.num_classes = len(self.manifest["label_names"])
         self.mode = cfg.finetune.mode
@@ -56,7 +49,6 @@ class Finetuner(Trainer):
             cfg.model.video_tokens if self.mode != "audio" else 0
         )
         self.draws = self._sampler(cfg, rank, world)
-        super().__init__(cfg, rank, world, device)
 
     def _sampler(self, cfg, rank: int, world: int) -> WeightedDraws | BalancedRepeats | None:
         """Each epoch's clips for this rank: weighted draws (App. B), classes repeated (SPC), or None (every clip
@@ -72,14 +64,24 @@ class Finetuner(Trainer):
         name, names = self.cfg.finetune.balance_class, self.manifest["label_names"]
         if name is not None and name not in names:
             raise ConfigError(
-                f"{self.cfg.source}: finetune.balance_class = {name!r}: not a class of {self.root} "
+                f"{self.cfg.source}: finetune.balance_class = {name!r}: not a class of {self.health.root} "
                 f"(its label names: {', '.join(names[:10])}{', ...' if len(names) > 10 else ''})"
             )
         return None if name is None else names.index(name)
 
     def build_model(self) -> torch.nn.Module:
         ft = self.cfg.finetune
-        model = Classifier(self.cfg.model, self.mode, self.num_classes, ft.fusion_depth)
+        model = Classifier(
+            self.cfg.model,
+            self.mode,
+            self.num_classes,
+            ft.fusion_depth,
+            mask_time=ft.mask_time,
+            mask_freq=ft.mask_freq,
+            mask_video=ft.mask_video,
+            loss=ft.loss,
+            tau=ft.tau,
+        )
         for report in load_inits(model, self.cfg.model):  # model.video_init / audio_init; finetune.init then wins
             if self.rank == 0:
                 print(report)
@@ -94,12 +96,10 @@ class Finetuner(Trainer):
         return param_groups(model, self.cfg.train.weight_decay, scales)
 
     def epoch_loader(self, epoch: int) -> Loader:
-        spec = LoaderSpec.from_config(self.cfg, self.cfg.train.micro_batch, train=True)
-        spec.gain_db = self.cfg.finetune.magnitude_db
-        seed = self.cfg.train.seed * 1000 + epoch
+        spec, seed = self.plan.train_spec, self.plan.seed(epoch)
         if self.draws is not None:
             return Loader(
-                self.root,
+                self.health.root,
                 spec,
                 self.rank,
                 self.world,
@@ -109,7 +109,7 @@ class Finetuner(Trainer):
                 health=self.health,
             )
         return Loader(
-            self.root,
+            self.health.root,
             spec,
             rank=(self.rank + epoch) % self.world,
             world_size=self.world,
@@ -119,17 +119,8 @@ class Finetuner(Trainer):
         )
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
-        batch = self.augment(batch)
-        audio, video = batch["audio"].to(self.dtype), batch["video"].to(self.dtype)
-        audio_keep, video_keep = self.keep_ids(audio.shape[0])
-        if self.mode == "retrieval":
-            a_emb, v_emb = self.engine(audio, video, audio_keep, video_keep)
-            contrast = info_nce_global if self.cfg.model.global_negatives else info_nce
-            return {"loss": contrast(a_emb, v_emb, self.cfg.finetune.tau, symmetric=True)}
-        logits = self.engine(audio, video, audio_keep, video_keep).float()
-        if self.cfg.finetune.loss == "bce":
-            return {"loss": F.binary_cross_entropy_with_logits(logits, batch["label"])}
-        return {"loss": F.cross_entropy(logits, batch["label"].argmax(dim=1))}
+        """Data augmentation here; the fine-tuning masking and the loss are the model's (`Classifier.forward`)."""
+        return self.engine(*model_inputs(self.augment(batch), self.dtype))
 
     def augment(self, batch: dict) -> dict:
         ft, data = self.cfg.finetune, self.cfg.data
@@ -141,20 +132,9 @@ class Finetuner(Trainer):
         batch = {**batch, "audio": audio, "label": batch["label"].to(audio.device)}
         return mixup(batch, ft.mixup) if ft.mixup > 0 else batch
 
-    def keep_ids(self, batch: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Fine-tuning masking: the tokens each encoder keeps (None: all)."""
-        ft, m = self.cfg.finetune, self.cfg.model
-        audio_keep = video_keep = None
-        if self.mode != "video" and (ft.mask_time or ft.mask_freq):
-            grid = (m.audio_frames // m.audio_patch[0], m.audio_mel_bins // m.audio_patch[1])
-            audio_keep = time_frequency_keep(batch, grid, ft.mask_time, ft.mask_freq, self.device)
-        if self.mode != "audio" and ft.mask_video:
-            video_keep = random_masking(batch, m.video_tokens, ft.mask_video, self.device).ids_keep
-        return audio_keep, video_keep
-
     def finish(self) -> Path:
         path = self.export()
-        scores = evaluate(self.engine.module, self.cfg, eval_root(self.cfg), self.device)
+        scores = evaluate(self.engine.module, self.plan, self.eval_health, self.device)
         if self.rank == 0:
             (self.run_dir / "eval.json").write_text(json.dumps(scores, indent=1) + "\n")
             print(

@@ -13,17 +13,12 @@ from __future__ import annotations
 import os
 import socket
 import warnings
-from pathlib import Path
-from typing import TYPE_CHECKING, Callable, TypeVar
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from ..config import DataConfig
 from ..deps import require
-
-if TYPE_CHECKING:  # imported where used: PyAV and the rest load only when a run reaches its data
-    from ..data.health import DataHealth
 
 T = TypeVar("T")
 
@@ -111,20 +106,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def synthetic_set(data: DataConfig, seed: int | None = None, clips: int | None = None) -> Path:
-    """The embedded synthetic set of the config's synthetic_* settings (seed and clips overridable), generated
-    once into the cache. Under a process group rank 0 generates while the others wait."""
-    from ..data.synthetic import ensure_synthetic
-
-    args = dict(
-        clips=clips or data.synthetic_clips,
-        classes=data.synthetic_classes,
-        seed=data.synthetic_seed if seed is None else seed,
-        duration=data.synthetic_duration,
-    )
-    return rank_zero_first(lambda: ensure_synthetic(**args))
-
-
 def rank_zero_first(make: Callable[[], T]) -> T:
     """make() on rank 0 while the other ranks wait at a barrier, then on them (finding the work done); without a
     process group, just make()."""
@@ -136,20 +117,3 @@ def rank_zero_first(make: Callable[[], T]) -> T:
         if dist.get_rank():
             result = make()
     return result
-
-
-def dataset_root(data: DataConfig) -> Path:
-    """data.root, or the embedded synthetic set."""
-    return Path(data.root) if data.root is not None else synthetic_set(data)
-
-
-def checked_health(root: Path, data: DataConfig) -> DataHealth:
-    """The health of the shards at `root` (mavil.data.health): what the cached report does not cover is checked,
-    the shards split over the ranks, rank 0 showing a progress bar and writing the report. Every rank refuses a set
-    with more unusable clips than data.max_bad_fraction (UnusableData, a ConfigError naming the counts and the key)."""
-    from ..data.health import ensure_health
-
-    first = not dist.is_initialized() or dist.get_rank() == 0
-    health = ensure_health(root, progress=first, distributed=True)
-    health.check_ceiling(data.max_bad_fraction)
-    return health

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from ..config import Config, ConfigError, ModelConfig, load_config
 from ..model import build_model, save_weights
 from .optim import param_groups
+from ..cli import refuse
 
 
 def example_batch(cfg: ModelConfig, batch: int, seed: int) -> dict[str, torch.Tensor]:
@@ -100,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stage1, stage2 = load_configs(args.stage1, args.stage2, args.overrides)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return refuse(err)
     history = overfit(stage1, stage2, args.steps, args.lr, args.out)
     (args.out / "history.json").write_text(json.dumps(history, indent=1))
     print(report(history))

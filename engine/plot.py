@@ -17,6 +17,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from ..cli import refuse
+
 LOSS_PREFIX = "loss"
 OTHER_QUANTITIES = ("lr", "samples_per_s")
 COLUMNS = 3
@@ -71,8 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runs = {label: read_metrics(run) for label, run in zip(labels, args.runs)}
     except (FileNotFoundError, json.JSONDecodeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return refuse(err)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     draw_curves(runs).savefig(args.out, dpi=100)
     print(f"wrote {args.out}")

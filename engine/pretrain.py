@@ -17,33 +17,26 @@ import json
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script (the deepspeed launcher does): import as the package
-    __package__ = "mavil.engine"
-    import mavil.engine  # noqa: F401
-
 import torch
 
-from ..data.pipeline import Loader, LoaderSpec
-from ..model import build_model, load_teacher
-from ..model.contrastive import check_groups
-from ..model.flops import step_flops
-from .launch import checked_health, dataset_root
-from .optim import param_groups
-from .preflight import check_pretraining
-from .trainer import Trainer, main
+# absolute imports: the deepspeed launcher runs this file as a script
+from mavil.data.pipeline import Loader, model_inputs
+from mavil.engine.optim import param_groups
+from mavil.engine.run import plan_pretraining
+from mavil.engine.trainer import Trainer, main
+from mavil.model import build_model, load_teacher
+from mavil.model.contrastive import check_groups
+from mavil.model.flops import step_flops
 
 
 class Pretrainer(Trainer):
-    check_inputs = staticmethod(check_pretraining)
+    make_plan = staticmethod(plan_pretraining)
 
-    def __init__(self, cfg, rank, world, device):
-        self.root = dataset_root(cfg.data)
-        self.health = checked_health(self.root, cfg.data)  # only usable clips are read; refused above the ceiling
-        self.tokens_per_sample = cfg.model.audio_tokens + cfg.model.video_tokens
-        self.flops_per_sample = step_flops(cfg.model, cfg.train.micro_batch)[
-            "step_per_sample"
-        ]  # teacher: same encoders
-        super().__init__(cfg, rank, world, device)
+    def __init__(self, plan, rank, world, device):
+        super().__init__(plan, rank, world, device)
+        model, micro_batch = self.cfg.model, self.cfg.train.micro_batch
+        self.tokens_per_sample = model.audio_tokens + model.video_tokens
+        self.flops_per_sample = step_flops(model, micro_batch)["step_per_sample"]  # teacher: same encoders
 
     def build_model(self) -> torch.nn.Module:
         model = build_model(self.cfg.model)
@@ -59,19 +52,19 @@ class Pretrainer(Trainer):
 
     def epoch_loader(self, epoch: int) -> Loader:
         """This epoch's part of the clips: the parts rotate over ranks, order and augmentation follow (seed, epoch)."""
-        spec = LoaderSpec.from_config(self.cfg, self.cfg.train.micro_batch, train=True)
         return Loader(
-            self.root,
-            spec,
+            self.health.root,
+            self.plan.train_spec,
             rank=(self.rank + epoch) % self.world,
             world_size=self.world,
-            seed=self.cfg.train.seed * 1000 + epoch,
+            seed=self.plan.seed(epoch),
             device=self.device,
             health=self.health,
         )
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
-        return self.engine(batch["audio"].to(self.dtype), batch["video"].to(self.dtype))
+        audio, video, _ = model_inputs(batch, self.dtype)
+        return self.engine(audio, video)
 
     def finish(self) -> Path:
         path = self.export()

@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..cli import refuse
+
 COLUMNS = ("accuracy", "mAP", "a2v_R@1", "a2v_R@5", "a2v_median_rank", "chance_R@1")
 
 
@@ -68,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     found = rows(args.root)
     if not found:
-        print(f"error: no */eval.json under {args.root}", file=sys.stderr)
-        return 2
+        return refuse(f"no */eval.json under {args.root}")
     print(table(found))
     return 0
 

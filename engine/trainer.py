@@ -1,11 +1,12 @@
 """The DeepSpeed training loop that pre-training and fine-tuning share.
 
-A subclass says what to train and on what: `build_model`, `param_groups`, `epoch_loader` and
-`losses(batch)`; this class does the rest. The run directory (train.output_dir) gets config.json,
-metrics.jsonl, checkpoints/ and, at the end, model.safetensors. Relaunching the same command resumes
-from the newest complete checkpoint, data position and RNG states included, after any crash (see
-`checkpoint`); the logs are first cut back to that checkpoint's step. A relaunched run that had already
-reached train.max_steps only exports again.
+A subclass says what to train and on what: `make_plan` (the run plan's builder, `run.py`), `build_model`,
+`param_groups`, `epoch_loader` and `losses(batch)`; this class does the rest. A trainer is made from its plan (the
+training set's health opened first); the model and the DeepSpeed engine are built when `run` starts. The run
+directory (train.output_dir) gets config.json, metrics.jsonl, checkpoints/ and, at the end, model.safetensors.
+Relaunching the same command resumes from the newest complete checkpoint, data position and RNG states included,
+after any crash (see `checkpoint`); the logs are first cut back to that checkpoint's step. A relaunched run that had
+already reached train.max_steps only exports again.
 
 An optimizer step whose loss or gradient is not finite on any rank is skipped on all of them, and
 train.max_bad_steps of them in a row stop the run (`numerics`). Checkpoints are written only after applied
@@ -35,41 +36,49 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from ..config import Config, ConfigError, config_parser, deepspeed_config, load_config
+from ..cli import config_parser, refuse
+from ..config import Config, ConfigError, load_config
 from ..deps import MissingDependency
 from ..model import save_weights
 from ..model.vit import resolve_attention
 from . import checkpoint, inject, runlock
 from .launch import init_distributed, launched_world_size
 from .metrics import Metrics, rewind
-from .numerics import NonFiniteStop, StepGuard, check_deepspeed, loss_to_backward
+from .numerics import NonFiniteStop, StepGuard, loss_to_backward
 from .preempt import STATUS as PREEMPTED_STATUS, Preempted, Preemption
+from .run import Plan
 from .schedule import lr_at, set_lr
 
 
 class Trainer:
     tokens_per_sample = 0  # for tokens/s in the metrics; subclasses set it
     flops_per_sample = 0.0  # one training step's model FLOPs per clip, for model TFLOP/s; 0: not counted
-    health = None  # the training set's DataHealth (mavil.data.health); subclasses set it, the loop reports its counts
     preemption: Preemption | None = None  # SIGTERM/SIGINT and the launcher's exit (`preempt`); main sets it
 
-    def __init__(self, cfg: Config, rank: int, world: int, device: torch.device):
-        self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
-        self.run_dir = Path(cfg.train.output_dir)
-        if self.health is not None and self.health.usable < cfg.train.global_batch:  # steps would be short
+    def __init__(self, plan: Plan, rank: int, world: int, device: torch.device):
+        self.plan, self.cfg, self.rank, self.world, self.device = plan, plan.cfg, rank, world, device
+        self.run_dir = Path(self.cfg.train.output_dir)
+        self.health = plan.train_set.open()  # only usable clips are read; refused above the ceiling
+        if self.health.usable < self.cfg.train.global_batch:  # steps would be short
             raise ConfigError(
-                f"{cfg.source}: train.global_batch = {cfg.train.global_batch}: the training set "
+                f"{self.cfg.source}: train.global_batch = {self.cfg.train.global_batch}: the training set "
                 f"{self.health.root} has {self.health.usable} usable clips, fewer than one global batch"
             )
+
+    def start(self) -> None:
+        """The run directory claimed (resumed, or discarded with train.restart), the model and engine built."""
+        cfg, rank = self.cfg, self.rank
         self.resume_tag = checkpoint.resume_tag(self.run_dir, cfg.train.restart)  # refuses a run it cannot resume
         if cfg.train.restart and rank == 0:
             checkpoint.discard(self.run_dir)
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
         model = self.build_model()
-        checkpoint.seed_rng(cfg.train.seed * 1000 + rank)  # masks and mixing differ per rank
+        checkpoint.seed_rng(self.plan.seed(rank))  # masks and mixing differ per rank
         self.engine = self._deepspeed(model)
         self.accumulation = self.engine.gradient_accumulation_steps()
-        self.metrics = Metrics(self.run_dir / "metrics.jsonl", self.tokens_per_sample, device, self.flops_per_sample)
+        self.metrics = Metrics(
+            self.run_dir / "metrics.jsonl", self.tokens_per_sample, self.device, self.flops_per_sample
+        )
         self.guard = StepGuard(cfg.train.max_bad_steps, self.metrics, rank)
         self.checkpoint_owed = False  # a checkpoint fell due at a skipped step
         self.last_line: dict = {}
@@ -95,9 +104,8 @@ class Trainer:
 
     # what a subclass provides
     @staticmethod
-    def check_inputs(cfg: Config, world: int) -> None:
-        """Refuses (ConfigError, MissingDependency) what the config and the files it names make impossible, before
-        any work: one of `preflight`'s checks."""
+    def make_plan(cfg: Config, world: int) -> Plan:
+        """The run plan (`run.py`): refuses (ConfigError, MissingDependency) what cannot run, before any work."""
         raise NotImplementedError
 
     def build_model(self) -> torch.nn.Module:
@@ -122,11 +130,8 @@ class Trainer:
     def _deepspeed(self, model: torch.nn.Module):
         import deepspeed
 
-        ds_config = deepspeed_config(self.cfg, self.world)
-        ds_config["zero_allow_untested_optimizer"] = True  # our AdamW with its parameter groups
-        check_deepspeed(ds_config, self.cfg.source)  # DeepSpeed must skip a step with non-finite gradients
         optimizer = torch.optim.AdamW(self.param_groups(model), lr=0.0, betas=tuple(self.cfg.train.betas))
-        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.plan.deepspeed)
         if self.cfg.train.compile:  # in place (nn.Module.compile): state_dict keys and checkpoints stay as they are
             dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
             resolve_attention(engine.module, self.device, dtype)
@@ -149,6 +154,7 @@ class Trainer:
         return total
 
     def run(self) -> Path:
+        self.start()
         state = checkpoint.load(self.engine, self.run_dir, self.resume_tag) or {"epoch": 0, "micro_step": 0}
         self.rewind_logs(self.engine.global_steps)
         if self.engine.global_steps and self.rank == 0:
@@ -156,7 +162,7 @@ class Trainer:
                 f"resuming at step {self.engine.global_steps}: epoch {state['epoch']}, "
                 f"micro-batch {state['micro_step']}"
             )
-        if self.health is not None and self.rank == 0:
+        if self.rank == 0:
             print(f"data: {self.health.root}: {self.data_tally()}", flush=True)
         if self.preemption is not None:
             self.preemption.armed = True  # from here a signal asks for a checkpoint at the next step's end
@@ -197,19 +203,15 @@ class Trainer:
         return False
 
     def end_of_epoch(self, epoch: int) -> None:
-        tally = self.data_tally()
-        if tally is not None:  # one metrics line per epoch: {"event": "data_health", "step", "epoch", "data_*"...}
-            self.metrics.event("data_health", step=self.engine.global_steps, epoch=epoch + 1, **tally.fields())
+        tally = self.data_tally()  # one metrics line per epoch: {"event": "data_health", "step", "epoch", "data_*"...}
+        self.metrics.event("data_health", step=self.engine.global_steps, epoch=epoch + 1, **tally.fields())
         if self.rank == 0:
             parts = ", ".join(f"{k} {v:.4f}" for k, v in self.last_line.items() if k.startswith("loss"))
-            data = f"; data: {tally}" if tally is not None else ""
-            print(f"epoch {epoch}: step {self.engine.global_steps}, {parts}{data}", flush=True)
+            print(f"epoch {epoch}: step {self.engine.global_steps}, {parts}; data: {tally}", flush=True)
 
     def data_tally(self):
-        """The training set's clips used, skipped and repaired per kind under this model's windows, or None."""
-        from ..data.health import Windows  # here: the health check loads PyAV
-
-        return self.health.tally(Windows.from_config(self.cfg)) if self.health is not None else None
+        """The training set's clips used, skipped and repaired per kind under this model's windows."""
+        return self.health.tally(self.plan.windows)
 
     def train_micro_batch(self, batch: dict, epoch: int) -> None:
         if self.cfg.train.record_keys:
@@ -304,41 +306,38 @@ def parse_args(argv: list[str] | None, doc: str) -> argparse.Namespace:
 
 
 def main(trainer_class: type[Trainer], argv: list[str] | None, doc: str) -> int:
-    """Config and the files it names (refused before any work when bad: exit status 2), process group, then train."""
+    """The run plan (refused before any work when it cannot run: exit status 2), process group, then train."""
     args = parse_args(argv, doc)
     preemption = Preemption()  # from here a signal is one line, never a traceback
     try:
-        cfg = checked_config(trainer_class, args.config, args.overrides)
+        plan = checked_plan(trainer_class, args.config, args.overrides)
         if int(os.environ.get("RANK", 0)) == 0:  # before the process group (its port) and before the run directory
-            runlock.acquire(Path(cfg.train.output_dir))
+            runlock.acquire(Path(plan.cfg.train.output_dir))
     except (ConfigError, MissingDependency) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    rank, world, device = init_distributed(cfg.train.device)
+        return refuse(err)
+    rank, world, device = init_distributed(plan.cfg.train.device)
     try:
-        trainer = trainer_class(cfg, rank, world, device)
+        trainer = trainer_class(plan, rank, world, device)
         trainer.preemption = preemption
         trainer.run()
     except checkpoint.DiskFull as err:  # agreed by every rank (one line from rank 0), or a write that failed here
-        if rank == 0 or err.local:
-            print(f"error: {err}", file=sys.stderr, flush=True)
-        return 2
+        return refuse(err, show=rank == 0 or err.local)
     except Preempted as err:
         if rank == 0:
             print(str(err), file=sys.stderr, flush=True)
         return PREEMPTED_STATUS
-    except (ConfigError, NonFiniteStop) as err:  # a deepspeed section that would apply NaN steps; too many skipped
+    except ConfigError as err:  # the data: too many unusable clips, fewer than one global batch
+        return refuse(err, show=rank == 0)
+    except NonFiniteStop as err:  # too many skipped steps in a row
         if rank == 0:
             print(f"error: {err}", file=sys.stderr)
-        return 2 if isinstance(err, ConfigError) else 3
+        return 3
     finally:
         runlock.release_unused()
     return 0
 
 
-def checked_config(trainer_class: type[Trainer], path: str, overrides: list[str]) -> Config:
-    """The run's config, loaded and checked with what it names for the launcher's world size; raises
-    ConfigError or MissingDependency naming the problem. Nothing is started or written yet."""
-    cfg = load_config(path, overrides)
-    trainer_class.check_inputs(cfg, launched_world_size())
-    return cfg
+def checked_plan(trainer_class: type[Trainer], path: str, overrides: list[str]) -> Plan:
+    """The run's plan from its config file and overrides, for the launcher's world size; raises ConfigError or
+    MissingDependency naming the problem. Nothing is started or written yet."""
+    return trainer_class.make_plan(load_config(path, overrides), launched_world_size())

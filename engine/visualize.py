@@ -33,12 +33,14 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from ..config import ConfigError, ModelConfig, load_config, model_config_from_dict, num_visible
-from ..data.pipeline import IMAGENET_MEAN, IMAGENET_STD, Loader, LoaderSpec
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
+from ..data.pipeline import Loader
 from ..kernels.masked_mse import norm_pix_stats
 from ..model import MAViL, read_weights
 from ..model.mavil import AUDIO_CHANNELS, VIDEO_CHANNELS
 from ..model.patch import unpatchify
-from .launch import dataset_root
+from .run import loader_spec, training_set
+from ..cli import refuse
 
 GREY = 0.5  # masked patches are RGB (0.5, 0.5, 0.5) in both modalities
 SPECTROGRAM_COLOURS = "viridis"  # holds no grey, so masked patches stand out
@@ -227,7 +229,7 @@ def load_stage1_model(path: str | Path) -> MAViL:
 
 def first_batch(root: Path, cfg, clips: int, seed: int, device: torch.device) -> dict:
     """The first `clips` clips of `root` through the evaluation loader (no augmentation, centre window)."""
-    loader = Loader(root, LoaderSpec.from_config(cfg, batch_size=clips, train=False), seed=seed, device=device)
+    loader = Loader(root, loader_spec(cfg, clips, False), seed=seed, device=device)
     return next(iter(loader))
 
 
@@ -272,7 +274,7 @@ def run(args: argparse.Namespace, device: torch.device) -> Path:
                 f"--mask-ratio {args.mask_ratio}: must leave some of {tokens} tokens visible and some hidden"
             )
     cfg = dataclasses.replace(load_config(config), model=model.cfg)  # the loader makes the inputs this model takes
-    batch = first_batch(args.data or dataset_root(cfg.data), cfg, args.clips, args.seed, device)
+    batch = first_batch(args.data or training_set(cfg).path(), cfg, args.clips, args.seed, device)
     torch.manual_seed(args.seed)
     fig = figure_for(model.to(device), batch, args.mask_ratio, name=str(args.run or weights))
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -285,8 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = run(args, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     except (ConfigError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return refuse(err)
     print(f"wrote {out}")
     return 0
 

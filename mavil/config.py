@@ -1,28 +1,26 @@
-"""Run configuration: one JSON file with `model`, `data`, `train`, `deepspeed` and, for fine-tuning, `finetune`.
+"""The run configuration's schema: one JSON file with `model`, `data`, `train`, `deepspeed` and `finetune` sections.
 
-`model`, `data`, `train` and `finetune` have typed schemas (the dataclasses below, whose defaults are the
-paper's stage-1 settings); `deepspeed` is handed to `deepspeed.initialize` as DeepSpeed documents
-it, with the batch fields derived from `train` when the file leaves them out.
+`model`, `data`, `train` and `finetune` are typed (the dataclasses below; defaults: the paper's stage-1 settings);
+`deepspeed` is DeepSpeed's own section, its keys checked here and its batch fields derived by the run plan
+(`mavil.engine.run`). Any value can be overridden as `section.key=value` (the value parsed as JSON where it parses).
 
-A config that cannot run is refused before any work: an unknown key, a wrong type or an impossible
-value raises `ConfigError` with a message naming the file, the key and the value. Any value can be
-overridden on the command line as `section.key=value` (nested keys allowed, the value parsed as
-JSON where it parses, else taken as a string).
-
-This module is a leaf: it imports nothing else from `mavil`.
+A config that cannot run on its own terms (unknown key, wrong type, value out of range, contradicting values) raises
+`ConfigError` naming the file, the key and the value. What needs more than the file (the files it names, the world
+size, the machine) is the run plan's to check. A leaf: it imports only `mavil.constants`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
+
+from .constants import AUDIOSET_MEAN, AUDIOSET_STD
 
 FUSIONS = ("vanilla", "mbt")
 ATTENTION_BACKENDS = ("auto", "xformers", "sdpa", "math")
@@ -112,7 +110,6 @@ class ModelConfig:
             check.that(
                 "teacher", self.teacher, self.teacher is not None, "stage 2 needs the path of a stage-1 weights file"
             )
-            check.that("teacher", self.teacher, Path(self.teacher).is_file(), "no such file")
         for key in (
             "audio_frames",
             "audio_mel_bins",
@@ -202,8 +199,8 @@ class DataConfig:
     """Where clips come from and how they are normalised and augmented (App. B, Table 10)."""
 
     root: Optional[str] = None  # shard directory; None: the embedded synthetic dataset
-    audio_mean: float = -4.2677  # AudioSet fbank statistics; normalised as (x - mean) / (2 * std)
-    audio_std: float = 4.5690
+    audio_mean: float = AUDIOSET_MEAN  # fbank statistics; normalised as (x - mean) / (2 * std)
+    audio_std: float = AUDIOSET_STD
     sample_rate: int = 16000
     video_fps: float = 2.0  # fixed: prepare stores every clip's video at 2 fps (the paper's rate)
     crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])  # multi-scale random crop
@@ -234,13 +231,6 @@ class DataConfig:
         check.that("max_bad_fraction", self.max_bad_fraction, 0.0 <= self.max_bad_fraction <= 1.0, "must be in [0, 1]")
         for key in ("synthetic_clips", "synthetic_classes", "synthetic_duration"):
             check.positive(key, getattr(self, key))
-        if self.root is not None:
-            check.that(
-                "root",
-                self.root,
-                (Path(self.root) / "manifest.json").is_file(),
-                "no manifest.json there: not a shard directory (make one with python -m mavil.data.prepare)",
-            )
 
 
 @dataclass
@@ -340,8 +330,6 @@ class FinetuneConfig:
 
     def validate(self, check: Checker) -> None:
         check.choice("mode", self.mode, FINETUNE_MODES)
-        if self.init is not None:
-            check.that("init", self.init, Path(self.init).is_file(), "no such file")
         check.choice("loss", self.loss, ("bce", "ce"))
         check.that("mixup", self.mixup, self.mixup >= 0, "must be >= 0")
         check.that(
@@ -367,13 +355,6 @@ class FinetuneConfig:
         check.that("fusion_depth", self.fusion_depth, self.fusion_depth >= 0, "must be >= 0")
         check.positive("video_lr_scale", self.video_lr_scale)
         check.positive("tau", self.tau)
-        if self.eval_root is not None:
-            check.that(
-                "eval_root",
-                self.eval_root,
-                (Path(self.eval_root) / "manifest.json").is_file(),
-                "no manifest.json there: not a shard directory",
-            )
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "finetune": FinetuneConfig}
@@ -594,11 +575,11 @@ def apply_overrides(raw: dict, overrides: typing.Iterable[str]) -> dict:
     return raw
 
 
-def load_config(path: str | Path, overrides: typing.Iterable[str] = ()) -> Config:
+def load_config(path: str | os.PathLike, overrides: typing.Iterable[str] = ()) -> Config:
     """Reads a JSON config, applies command-line overrides, validates; raises ConfigError naming the problem."""
-    path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
     except OSError as err:
         raise ConfigError(f"{path}: cannot read the config: {err.strerror}") from None
     except UnicodeDecodeError as err:
@@ -608,37 +589,3 @@ def load_config(path: str | Path, overrides: typing.Iterable[str] = ()) -> Confi
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
     return config_from_dict(apply_overrides(raw, overrides), source=str(path))
-
-
-def config_parser(description: str) -> argparse.ArgumentParser:
-    """The command line every tool that reads a run config shares: `--config FILE [section.key=value ...]`."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="a run config (JSON)")
-    parser.add_argument("overrides", nargs="*", help="section.key=value")
-    return parser
-
-
-def deepspeed_config(config: Config, world_size: int) -> dict:
-    """The `deepspeed` section with its batch fields derived from `train` for `world_size` ranks.
-
-    train_batch_size = global_batch, train_micro_batch_size_per_gpu = micro_batch and
-    gradient_accumulation_steps = global_batch / (micro_batch * world_size). Fields the file sets
-    itself must agree with these.
-    """
-    train = config.train
-    per_step = train.micro_batch * world_size
-    if train.global_batch % per_step:
-        raise ConfigError(
-            f"{config.source}: train.global_batch = {train.global_batch} is not a multiple of "
-            f"train.micro_batch * world size = {train.micro_batch} * {world_size}"
-        )
-    derived = dict(zip(DEEPSPEED_BATCH_KEYS, (train.global_batch, train.micro_batch, train.global_batch // per_step)))
-    result = json.loads(json.dumps(config.deepspeed))
-    for key, value in derived.items():
-        if key in result and result[key] != value:
-            raise ConfigError(
-                f"{config.source}: deepspeed.{key} = {json.dumps(result[key])} disagrees with "
-                f"{value} derived from train.global_batch, train.micro_batch and world size {world_size}"
-            )
-        result[key] = value
-    return result

@@ -1,8 +1,6 @@
-import json
-
 import pytest
 
-from mavil.config import ConfigError, apply_overrides, config_from_dict, deepspeed_config, load_config, parse_override
+from mavil.config import ConfigError, apply_overrides, config_from_dict, load_config, parse_override
 
 from .conftest import CONFIGS
 
@@ -23,11 +21,9 @@ def test_stage1_config_carries_the_paper_settings():
     assert (d.audio_mean, d.audio_std, d.crop_scale, d.flip_prob) == (-4.2677, 4.569, [0.2, 1.0], 0.5)
 
 
-def test_stage2_config_differs_from_stage1_only_in_stage_teacher_targets_and_output(tmp_path):
-    teacher = tmp_path / "teacher.safetensors"
-    teacher.write_bytes(b"")
+def test_stage2_config_differs_from_stage1_only_in_stage_teacher_targets_and_output():
     one = load_config(CONFIGS / "stage1.json").to_dict()
-    two = load_config(CONFIGS / "stage2.json", [f"model.teacher={teacher}"]).to_dict()
+    two = load_config(CONFIGS / "stage2.json").to_dict()  # the schema reads no file: the teacher need not exist
     assert (two["model"]["stage"], two["model"]["norm_pix_loss"]) == (2, False)
     for section in ("model", "train"):
         for key in ("stage", "teacher", "norm_pix_loss", "output_dir"):
@@ -36,11 +32,8 @@ def test_stage2_config_differs_from_stage1_only_in_stage_teacher_targets_and_out
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.json")), ids=lambda p: p.relative_to(CONFIGS).as_posix())
-def test_every_shipped_config_loads(path, tmp_path):
-    teacher = tmp_path / "teacher.safetensors"
-    teacher.write_bytes(b"")
-    stage2 = json.loads(path.read_text())["model"]["stage"] == 2
-    load_config(path, [f"model.teacher={teacher}"] if stage2 else [])
+def test_every_shipped_config_loads(path):
+    load_config(path)
 
 
 def test_overrides_parse_json_values_and_reach_nested_keys():
@@ -80,7 +73,6 @@ BAD_CONFIGS = [
     ("negative weight", {"model": {"alpha": -0.1}}, "model.alpha = -0.1"),
     ("stage 3", {"model": {"stage": 3}}, "model.stage = 3"),
     ("stage 2 without teacher", {"model": {"stage": 2}}, "model.teacher = null"),
-    ("stage 2 teacher missing", {"model": {"stage": 2, "teacher": "/no/such/file.safetensors"}}, "no such file"),
     ("two views do not fit", {"model": {"mask_ratio": 0.4}}, "model.mask_ratio = 0.4"),
     ("patch list too short", {"model": {"video_patch": [16, 16]}}, "model.video_patch"),
     ("micro batch does not divide", {"train": {"global_batch": 512, "micro_batch": 24}}, "train.micro_batch = 24"),
@@ -120,23 +112,6 @@ def test_malformed_override_is_refused(text):
 def test_override_of_unknown_key_is_refused():
     with pytest.raises(ConfigError, match="unknown key 'model.depth'"):
         load_config(CONFIGS / "stage1.json", ["model.depth=2"])
-
-
-@pytest.mark.parametrize("world, accumulation", [(1, 64), (2, 32), (64, 1)])
-def test_deepspeed_batch_fields_derive_from_train(world, accumulation):
-    ds = deepspeed_config(load_config(CONFIGS / "stage1.json"), world)
-    assert ds["train_batch_size"] == 512
-    assert ds["train_micro_batch_size_per_gpu"] == 8
-    assert ds["gradient_accumulation_steps"] == accumulation
-    assert ds["zero_optimization"]["stage"] == 2
-
-
-def test_deepspeed_batch_that_cannot_split_over_ranks_is_refused():
-    with pytest.raises(ConfigError, match="not a multiple of train.micro_batch"):
-        deepspeed_config(load_config(CONFIGS / "stage1.json"), 3)
-    cfg = load_config(CONFIGS / "stage1.json", ["deepspeed.train_batch_size=256"])
-    with pytest.raises(ConfigError, match="deepspeed.train_batch_size = 256 disagrees"):
-        deepspeed_config(cfg, 1)
 
 
 TABLE_10 = {  # lr_base, warm-up, epochs, batch, weighted, noise, SpecAug t/f, mixup, loss, mean, std

@@ -47,9 +47,10 @@ import math
 import torch
 from torch import Tensor
 
+from ..constants import AUDIOSET_MEAN, AUDIOSET_STD
+
 PREEMPHASIS = 0.97
 LOW_FREQ = 20.0  # Hz, Kaldi's default lower edge of the first mel triangle
-AUDIOSET_MEAN, AUDIOSET_STD = -4.2677, 4.5690
 CPU_CHUNK_FRAMES = 1024  # on the CPU, rows go through in chunks of about this many frames (1.6 MB), to stay in cache
 
 

@@ -113,10 +113,6 @@ class Windows:
     audio_frames: int = 1024
     video_frames: int = 8
 
-    @classmethod
-    def from_config(cls, cfg) -> "Windows":
-        return cls(cfg.data.sample_rate, cfg.model.audio_frames, cfg.model.video_frames)
-
 
 # checking one clip (runs in the pool's workers)
 def clip_key(members: dict[str, tuple[int, int, str]]) -> str:

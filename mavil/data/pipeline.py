@@ -1,7 +1,7 @@
 """The DALI pipeline: shards -> batches in the contract of DESIGN.md, decoding on the GPU where there is one.
 
-    loader = make_loader(root, spec, rank=0, world_size=1, seed=0)
-    for batch in loader:   # {"audio": (B, 1, F, mel), "video": (B, 3, T, S, S), "label": (B, C), "key": [...]}
+    loader = Loader(root, LoaderSpec(batch_size=8), rank=0, world_size=1, seed=0)
+    for batch in loader:   # Batch: {"audio": (B, 1, F, mel), "video": (B, 3, T, S, S), "label": (B, C), "key": [...]}
 
 In DALI (CPU pipeline without CUDA; GPU decode and augmentation with it):
 - `fn.readers.webdataset` over the usable clips of every shard (`mavil.data.health` leaves, for each shard
@@ -36,17 +36,18 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import torch
 
+from ..constants import AUDIOSET_MEAN, AUDIOSET_STD, IMAGENET_MEAN, IMAGENET_STD
 from ..deps import require
+from ..seeds import seed_for
 from .fbank import fbank, to_model_input
 from .health import DataHealth, ensure_health
 from .shards import decode_meta, index_members, read_index
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 VIDEO_EXTS = ("webm", "mp4")  # as shards.VIDEO_EXTS, in the reader's order
 PLACE_BYTES = 4096  # a sample's place in its tar ("path:offset:name") as the order-only pipeline pads it
 PLACE = re.compile(r'"([^"]+):(\d+):([^":]+)"')  # how DALI's errors name the sample they failed on
@@ -55,7 +56,7 @@ PREFETCH = 2  # DALI's iterator runs this many batches ahead: an error may surfa
 
 @dataclass
 class LoaderSpec:
-    """What a loader produces; `from_config` fills it from a run config's model and data sections."""
+    """What a loader produces (plain values; a run's is built by its plan, `mavil.engine.run.loader_spec`)."""
 
     batch_size: int
     audio_frames: int = 1024
@@ -63,8 +64,8 @@ class LoaderSpec:
     video_frames: int = 8
     video_size: int = 224
     train: bool = True  # augmentation and shuffling on
-    audio_mean: float = -4.2677
-    audio_std: float = 4.5690
+    audio_mean: float = AUDIOSET_MEAN
+    audio_std: float = AUDIOSET_STD
     sample_rate: int = 16000
     crop_scale: tuple[float, float] = (0.2, 1.0)
     flip_prob: float = 0.5
@@ -73,25 +74,6 @@ class LoaderSpec:
     shuffle_buffer: int = 1024
     eval_clips: int = 1  # evaluation: this many uniformly spaced windows per video -> video (B, clips, 3, T, S, S)
     gain_db: float = 0.0  # training: each waveform scaled by 10^(u/20), u uniform in [-gain_db, gain_db]; 0: off
-
-    @classmethod
-    def from_config(cls, cfg, batch_size: int, train: bool = True) -> "LoaderSpec":
-        m, d = cfg.model, cfg.data
-        return cls(
-            batch_size,
-            m.audio_frames,
-            m.audio_mel_bins,
-            m.video_frames,
-            m.video_size,
-            train,
-            d.audio_mean,
-            d.audio_std,
-            d.sample_rate,
-            tuple(d.crop_scale),
-            d.flip_prob,
-            d.time_shift,
-            max(d.num_workers, 1),
-        )
 
 
 class ClipIndex:
@@ -297,7 +279,7 @@ class Loader:
             clips = list(clips)[: len(clips) // spec.batch_size * spec.batch_size]
             self._batches = [clips[i : i + spec.batch_size] for i in range(0, len(clips), spec.batch_size)]
             self._length = len(self._batches)
-        self._shift = torch.Generator().manual_seed(seed * 1000 + rank)
+        self._shift = torch.Generator().manual_seed(seed_for(seed, rank))
 
     def __len__(self) -> int:
         return self._length
@@ -514,12 +496,27 @@ class Loader:
             self.spec.audio_mean,
             self.spec.audio_std,
         )
-        return {
-            "audio": audio,
-            "video": split_clips(outputs["video"].to(self.device), self.spec),
-            "label": multi_hot(metas, len(self.label_names)),
-            "key": [meta["key"] for meta in metas],
-        }
+        return make_batch(audio, outputs["video"].to(self.device), metas, len(self.label_names), self.spec)
+
+
+class Batch(TypedDict):
+    """A batch as both loaders yield it (DESIGN.md, "Contracts"), built by `make_batch` alone."""
+
+    audio: torch.Tensor  # (B, 1, audio_frames, mel_bins) float32: normalised fbank
+    video: torch.Tensor  # (B, 3, T, S, S) float32: normalised RGB; (B, clips, 3, T, S, S) where spec.eval_clips > 1
+    label: torch.Tensor  # (B, C) float32 multi-hot, on the CPU (C = 0: a set without classes)
+    key: list[str]  # the clips' keys
+
+
+def make_batch(audio: torch.Tensor, video: torch.Tensor, metas: list[dict], classes: int, spec: LoaderSpec) -> Batch:
+    """The batch of clips `metas`: audio (B, 1, F, mel), video (B, 3, clips * T, S, S) as decoded."""
+    return Batch(audio=audio, video=split_clips(video, spec), label=multi_hot(metas, classes),
+                 key=[meta["key"] for meta in metas])  # fmt: skip
+
+
+def model_inputs(batch: Batch, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(audio, video, label) of a batch in the model's dtype, the label on the audio's device."""
+    return batch["audio"].to(dtype), batch["video"].to(dtype), batch["label"].to(batch["audio"].device)
 
 
 def split_clips(video: torch.Tensor, spec: LoaderSpec) -> torch.Tensor:

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from ..deps import require
 from .health import DataHealth, ensure_health
-from .pipeline import IMAGENET_MEAN, IMAGENET_STD, ClipIndex, LoaderSpec, multi_hot, split_clips, window_layout
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
+from .pipeline import ClipIndex, LoaderSpec, make_batch, window_layout
 from .shards import VIDEO_EXTS, decode_meta
 
 av, torchaudio = require("av"), require("torchaudio")  # missing ones are named with their pip install commands
@@ -202,11 +203,6 @@ def reference_loader(
     def collate(items: list[dict]) -> dict:
         audio = torch.stack([item["audio"] for item in items])
         metas = [item["meta"] for item in items]
-        return {
-            "audio": audio,
-            "video": split_clips(torch.stack([item["video"] for item in items]), spec),
-            "label": multi_hot(metas, classes),
-            "key": [meta["key"] for meta in metas],
-        }
+        return make_batch(audio, torch.stack([item["video"] for item in items]), metas, classes, spec)
 
     return torch.utils.data.DataLoader(clips, batch_size=spec.batch_size, num_workers=num_workers, collate_fn=collate)

@@ -11,7 +11,7 @@ Convention (the usual one for model FLOPs and MFU):
 - backward = 2 x forward (gradients of inputs and of weights), so a trained part costs 3 x its forward per
   step. The stage-2 teacher runs forward only, on the full unmasked view, no backward: 1 x.
   Exactly, the patch embeddings need no input gradient, so their backward is 1 x their forward, not 2 x;
-  the convention counts them as the other layers (tests/test_flops.py measures that difference).
+  the convention counts them as the other layers (tests/model/test_flops.py measures that difference).
 
 What runs per sample (paper §3, App. B; see mavil.py): the patch embeddings on all N tokens; each encoder
 on its K visible tokens + [CLS], and again on the second, disjoint view when beta > 0 (intra-modal loss);
@@ -24,13 +24,13 @@ embeddings, encoders on 1 + N tokens, fusion) and predicts encoder_dim-wide feat
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import sys
-from pathlib import Path
 
-from ..config import ConfigError, ModelConfig, apply_overrides, config_parser, load_config, num_visible
+from ..cli import config_parser
+from ..config import ConfigError, ModelConfig, load_config, num_visible
+from ..cli import refuse
 
 TRAINED, FORWARD_ONLY = 3, 1  # FLOPs per step as multiples of the forward: forward + 2 x forward backward; teacher
 # The paper's run per stage (§4.2, App. B): 64 A100s, ~20 hours, 20 epochs of AudioSet-2M (~2M clips).
@@ -202,13 +202,9 @@ def format_table(cfg: ModelConfig, flops: dict, source: str) -> str:
 
 
 def model_config(path: str, overrides: list[str]) -> ModelConfig:
-    """The config's model section, validated as stage 1 and then given the file's stage: a stage-2 count needs
-    no teacher file (the teacher is taken to have the student's encoders and fusion)."""
-    cfg = load_config(path, [*overrides, "model.stage=1", "model.teacher=null"]).model
-    stage = apply_overrides(json.loads(Path(path).read_text()), overrides).get("model", {}).get("stage", 1)
-    if stage not in (1, 2):
-        raise ConfigError(f"{path}: model.stage = {json.dumps(stage)}: must be one of [1, 2]")
-    return dataclasses.replace(cfg, stage=stage, teacher=None)
+    """The config's model section (a stage-2 count reads no teacher file: the teacher is taken to have the student's
+    encoders and fusion)."""
+    return load_config(path, overrides).model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,8 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = model_config(args.config, args.overrides)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return refuse(err)
     flops = step_flops(cfg, args.batch)
     if args.json and paper_sized(cfg):
         flops["paper_run"] = paper_run(flops)

@@ -13,8 +13,10 @@ import sys
 import torch
 from torch import nn
 
-from ..config import ConfigError, ModelConfig, config_parser, load_config, num_visible
+from ..cli import config_parser
+from ..config import ConfigError, ModelConfig, load_config, num_visible
 from .mavil import MAViL
+from ..cli import refuse
 
 PAPER_PARAMETERS = {"encoders_and_fusion": 164_000_000, "decoders": 27_000_000}  # §4.2 and App. B
 
@@ -77,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return refuse(err)
     summary = summarize(cfg.model)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary, args.config))
     return 0

@@ -1,4 +1,4 @@
-"""mavil.extract, mavil.predict and export --format av-superb on real encoded files: a small synthetic set, video
+"""engine/extract.py, engine/predict.py and export --format av-superb on real encoded files: a small synthetic
 files with sound written from its clips, a tiny pre-training export and a tiny fine-tuned run directory."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from mavil import extract, predict
+from mavil.engine import extract, predict
 from mavil.data.pipeline import LoaderSpec
 from mavil.data.reference import reference_loader
 from mavil.data.synthetic import ensure_synthetic

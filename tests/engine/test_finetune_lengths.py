@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mavil.config import Checker, ConfigError
-from mavil.engine.preflight import _check_weights
+from mavil.engine.run import _check_weights
 from mavil.model import MAViL, save_weights
 from mavil.model.classifier import Classifier, load_encoders
 from mavil.model.positions import position_table
@@ -51,7 +51,7 @@ def test_encoders_load_into_other_lengths_with_positions_for_the_new_grid(export
     assert model.audio_encoder.pos.shape == (1 + grid[0] * grid[1], 64)
     assert torch.equal(model.audio_encoder.pos, position_table("2d", 64, grid))
     assert model.video_encoder.pos.shape == (1 + 4 * 6 * 6, 64)
-    logits = model(torch.randn(2, 1, frames, 128), torch.randn(2, 3, 8, 96, 96))
+    logits = model.predict(torch.randn(2, 1, frames, 128), torch.randn(2, 3, 8, 96, 96))
     assert logits.shape == (2, 5) and torch.isfinite(logits).all()
 
 

@@ -2,7 +2,8 @@ import math
 
 import pytest
 
-from mavil.config import deepspeed_config, load_config
+from mavil.config import load_config
+from mavil.engine.run import deepspeed_config
 from mavil.engine.schedule import lr_at
 
 from ..conftest import CONFIGS

@@ -163,7 +163,7 @@ def test_preflight_refuses_a_missing_or_unfitting_init_with_one_line(tmp_path):
     import sys
 
     from mavil.config import ConfigError
-    from mavil.engine.preflight import check_pretraining
+    from mavil.engine.run import plan_pretraining
 
     from ..conftest import CONFIGS, REPO, tiny_config
 
@@ -199,7 +199,7 @@ def test_preflight_refuses_a_missing_or_unfitting_init_with_one_line(tmp_path):
         match=r"model.video_init = .*narrow.pth.*: cls_token \(1, 1, 32\) does not fit "
         r"video_encoder.cls_token \(1, 1, 64\)",
     ):
-        check_pretraining(tiny_config(f"model.video_init={tmp_path / 'narrow.pth'}"), 1)
+        plan_pretraining(tiny_config(f"model.video_init={tmp_path / 'narrow.pth'}"), 1)
 
 
 def test_build_model_initialises_the_video_encoder_from_model_video_init(tmp_path):

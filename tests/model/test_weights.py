@@ -5,6 +5,7 @@ import torch
 
 from mavil.config import ConfigError, load_config
 from mavil.engine.overfit import example_batch
+from mavil.engine.run import plan_pretraining
 from mavil.model import MAViL, build_model, load_teacher, read_weights, save_weights
 
 from ..conftest import CONFIGS, tiny_config
@@ -82,5 +83,5 @@ def test_teacher_problems_are_named(tmp_path, teacher_file):
     other_grid = stage2_config(teacher_file, "model.audio_frames=256").model
     with pytest.raises(ValueError, match="teacher audio_encoder: input .* grid"):
         build_model(other_grid)
-    with pytest.raises(ConfigError, match="model.teacher"):
-        stage2_config(tmp_path / "absent.safetensors")
+    with pytest.raises(ConfigError, match="model.teacher"):  # the run plan's check: the schema reads no file
+        plan_pretraining(stage2_config(tmp_path / "absent.safetensors"), 1)

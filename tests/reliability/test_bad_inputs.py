@@ -4,7 +4,7 @@ CASES is the table: one bad input per row (a config, an override, a path, a file
 wrong with it and what its message must name. Each runs the entry point's own refusal path in a scratch
 directory holding the inputs under relative paths, so that every message reads the same on every machine:
 
-- in-process, the function `main` calls before the process group: `trainer.checked_config` (pretrain.py,
+- in-process, the function `main` calls before the process group: `trainer.checked_plan` (pretrain.py,
   finetune.py) or `evaluate.checked_run`;
 - a few as the real command (`python engine/pretrain.py ...`, `python -m mavil.engine.evaluate ...`), some with a
   package made absent (`absent.py`), asserting exit status 2 and one error line.
@@ -36,7 +36,7 @@ from mavil.deps import MissingDependency
 from mavil.engine.evaluate import checked_run, parse_args as evaluate_args
 from mavil.engine.finetune import Finetuner
 from mavil.engine.pretrain import Pretrainer
-from mavil.engine.trainer import checked_config, parse_args as trainer_args
+from mavil.engine.trainer import checked_plan, parse_args as trainer_args
 from mavil.model import MAViL, save_weights
 from mavil.model.classifier import Classifier
 
@@ -489,7 +489,7 @@ def refuse_in_process(case: Case) -> str:
         checked_run(args.run, args.data, args.device)
     else:
         args = trainer_args(list(case.args), "")
-        checked_config(TRAINERS[case.entry], args.config, args.overrides)
+        checked_plan(TRAINERS[case.entry], args.config, args.overrides)
     raise AssertionError("not refused")
 
 
@@ -636,8 +636,8 @@ def test_good_inputs_pass_the_same_checks(tmp_path, monkeypatch):
     build_scratch(tmp_path)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("RANK", raising=False)
-    assert checked_config(Pretrainer, "cfg/stage2.json", []).model.teacher == "files/teacher.safetensors"
-    cfg = checked_config(
+    assert checked_plan(Pretrainer, "cfg/stage2.json", []).cfg.model.teacher == "files/teacher.safetensors"
+    cfg = checked_plan(
         Finetuner,
         "cfg/finetune.json",
         [
@@ -647,12 +647,12 @@ def test_good_inputs_pass_the_same_checks(tmp_path, monkeypatch):
             "finetune.eval_root=shards/good",
         ],
     )
-    assert cfg.finetune.init == "files/short-audio.safetensors"
-    assert checked_run(Path("runs/finetuned"), Path("shards/good")).finetune.mode == "audio"
+    assert cfg.cfg.finetune.init == "files/short-audio.safetensors"
+    assert checked_run(Path("runs/finetuned"), Path("shards/good")).cfg.finetune.mode == "audio"
     on_gpu = json.loads(Path("runs/finetuned/config.json").read_text())
     on_gpu["train"]["device"] = "cuda"
     write_json(Path("runs/gpu/config.json"), on_gpu)
     Path("runs/gpu/model.safetensors").write_bytes(Path("runs/finetuned/model.safetensors").read_bytes())
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert checked_run(Path("runs/gpu"), Path("shards/good"), "cpu").train.device == "cpu"
+    assert checked_run(Path("runs/gpu"), Path("shards/good"), "cpu").cfg.train.device == "cpu"
     assert not (tmp_path / "run").exists()

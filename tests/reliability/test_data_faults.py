@@ -22,6 +22,7 @@ from mavil.data.reference import audio_features, decode_audio, reference_loader
 from mavil.data.shards import encode_meta, index_members, read_index, read_manifest
 from mavil.data.synthetic import make_clip
 from mavil.engine.evaluate import evaluate
+from mavil.engine.run import plan_finetuning
 from mavil.model.classifier import Classifier
 
 from ..conftest import REPO, tiny_config
@@ -200,9 +201,12 @@ def test_repaired_clips_equal_the_reference_loaders_and_are_real(faults):
 
 
 def test_evaluation_reports_the_skipped_clips(faults):
-    cfg = tiny_config("data.max_bad_fraction=0.3", "finetune.mode=audio")
+    plan = plan_finetuning(
+        tiny_config("data.max_bad_fraction=0.3", "finetune.mode=audio", f"finetune.eval_root={faults.root}"), 1
+    )
     torch.manual_seed(0)
-    scores = evaluate(Classifier(cfg.model, "audio", CLASSES), cfg, faults.root, torch.device("cpu"))
+    model = Classifier(plan.cfg.model, "audio", CLASSES)
+    scores = evaluate(model, plan, plan.eval_set.open(), torch.device("cpu"))
     assert scores["clips"] == 16 and scores["data_skipped"] == 5 and scores["data_truncated"] == 1
     assert scores["data_audio_resampled"] == 1 and scores["data_repaired"] == 2
 

@@ -1,7 +1,7 @@
 """Per-clip embeddings of a pre-training export, for linear probes, retrieval or AV-SUPERB-style studies.
 
-    python -m mavil.extract --weights MODEL.safetensors --data SHARDS --out emb.safetensors
-    python -m mavil.extract --weights MODEL.safetensors a.mp4 b.mkv --out emb.npz [--layers] [--device cpu]
+    python -m mavil.engine.extract --weights MODEL.safetensors --data SHARDS --out emb.safetensors
+    python -m mavil.engine.extract --weights MODEL.safetensors a.mp4 b.mkv --out emb.npz [--layers] [--device cpu]
 
 Each clip gives `audio` and `video` (dim): the mean of the encoder's patch tokens ([CLS] excluded), the pooling of
 the pre-training contrastive loss; and `fusion` (2 * dim): the fusion outputs' audio mean || video mean. With
@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import ConfigError, model_config_from_dict
-from .data.pipeline import LoaderSpec, split_clips
+from ..cli import refuse
+from ..config import ConfigError, model_config_from_dict
+from ..data.pipeline import LoaderSpec, split_clips
 
 
 class BadInput(ValueError):
@@ -37,9 +38,9 @@ class BadInput(ValueError):
 def file_features(path: Path, spec: LoaderSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """A video file -> audio (1, frames, mel bins) and video (3, T, S, S), or (clips, 3, T, S, S) when
     spec.eval_clips > 1: the clip `prepare` would store, through the reference loader's evaluation path."""
-    from .data.encode import encode_audio, encode_video
-    from .data.prepare import MAX_DURATION, Unusable, decode_clip
-    from .data.reference import audio_features, decode_audio, decode_video, video_features
+    from ..data.encode import encode_audio, encode_video
+    from ..data.prepare import MAX_DURATION, Unusable, decode_clip
+    from ..data.reference import audio_features, decode_audio, decode_video, video_features
 
     if not path.is_file():
         raise BadInput(f"{path}: no such file")
@@ -57,7 +58,7 @@ def file_features(path: Path, spec: LoaderSpec) -> tuple[torch.Tensor, torch.Ten
 
 def load_backbone(path: Path):
     """A pre-training export -> (its Backbone, frozen, in eval mode; its model config)."""
-    from .model.weights import load_teacher, read_header
+    from ..model.weights import load_teacher, read_header
 
     shapes, raw = read_header(path)
     if not any(name.startswith("backbone.") for name in shapes):
@@ -152,7 +153,7 @@ def extract(
             raise BadInput(f"{missing[0]}: no such file{more}")
         batches, total = batches_from_files(files, spec), -(-len(files) // batch_size)
     else:
-        from .data.reference import reference_loader
+        from ..data.reference import reference_loader
 
         if not (data / "manifest.json").is_file():
             raise BadInput(f"{data}: not a shard directory (no manifest.json)")
@@ -172,7 +173,7 @@ def extract(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m mavil.extract", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m mavil.engine.extract", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--weights", type=Path, required=True, help="a pre-training export (model.safetensors)")
     parser.add_argument("--data", type=Path, help="a shard directory (mavil.data.prepare or the synthetic set)")
@@ -208,8 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             args.audio_std,
         )
     except (BadInput, ConfigError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return refuse(err)
     print(f"wrote {out}")
     return 0
 

@@ -1,8 +1,8 @@
 """Class predictions of a fine-tuned run on video files.
 
-    python -m mavil.predict --run runs/as20k a.mp4 b.mkv [--top-k 5] [--json] [--device cpu]
+    python -m mavil.engine.predict --run runs/as20k a.mp4 b.mkv [--top-k 5] [--json] [--device cpu]
 
-Each file goes through evaluation's preprocessing (`mavil.extract.file_features`: the clip `prepare` would store,
+Each file goes through evaluation's preprocessing (`extract.file_features`: the clip `prepare` would store,
 read back by the reference loader with train=False). Video modes average the probabilities of the run's
 finetune.eval_clips uniformly spaced 4-s windows with the same audio, as evaluation's multi-clip score does;
 probabilities are sigmoids for a BCE run, a softmax for a CE run. Class names come from --labels (a JSON list or
@@ -20,15 +20,17 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError
-from .data.pipeline import LoaderSpec
+from ..cli import refuse
+from ..config import ConfigError
+from ..data.shards import default_cache_dir
+from ..model.weights import read_header
+from .evaluate import load_run
+from .run import loader_spec
 from .extract import BadInput, file_features
 
 
 def check_run(run_dir: Path) -> None:
     """BadInput unless `run_dir` holds a fine-tuned classifier (config.json and model.safetensors with a head)."""
-    from .model.weights import read_header
-
     if not (run_dir / "config.json").is_file():
         raise BadInput(f"{run_dir}: not a run directory (no config.json)")
     if not (run_dir / "model.safetensors").is_file():
@@ -42,8 +44,6 @@ def check_run(run_dir: Path) -> None:
 
 
 def _synthetic_dir(data: dict, seed: int, clips: int) -> Path:
-    from .data.synthetic import default_cache_dir
-
     name = f"synthetic-{clips}-{data['synthetic_classes']}-{seed}-{int(data['synthetic_duration'])}"
     return default_cache_dir() / name  # where mavil.data.synthetic.ensure_synthetic keeps that set
 
@@ -81,8 +81,6 @@ def predict(
     run_dir: Path, files: list[Path], top_k: int = 5, device: str = "cpu", labels: Path | None = None
 ) -> list[dict]:
     """-> per file {"file", "windows", "top": [{"class", "index", "score"}, ...]}, best first."""
-    from .engine.evaluate import load_run
-
     check_run(run_dir)
     missing = [path for path in files if not path.is_file()]
     if missing:
@@ -92,15 +90,14 @@ def predict(
     if cfg.finetune.mode not in ("audio", "video", "audio+video"):
         raise BadInput(f"{run_dir}: a {cfg.finetune.mode} model gives no classes")
     names = class_names(run_dir, model.head.out_features, labels)
-    spec = LoaderSpec.from_config(cfg, 1, train=False)
-    spec.eval_clips = 1 if cfg.finetune.mode == "audio" else cfg.finetune.eval_clips
+    spec = loader_spec(cfg, 1, False, eval_clips=1 if cfg.finetune.mode == "audio" else cfg.finetune.eval_clips)
     dtype = next(model.parameters()).dtype
     results = []
     for path in files:
         audio, video = file_features(path, spec)
         windows = video.unbind(0) if video.dim() == 5 else (video,)
         audio = audio[None].to(device, dtype)
-        logits = torch.cat([model(audio, w[None].to(device, dtype)).float() for w in windows])  # (windows, C)
+        logits = torch.cat([model.predict(audio, w[None].to(device, dtype)).float() for w in windows])  # (windows, C)
         probs = logits.sigmoid() if cfg.finetune.loss == "bce" else logits.softmax(dim=-1)
         scores, order = probs.mean(dim=0).topk(min(top_k, len(names)))
         results.append(
@@ -118,7 +115,7 @@ def predict(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m mavil.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m mavil.engine.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--run", type=Path, required=True, help="a fine-tuning run directory")
     parser.add_argument("files", nargs="+", type=Path, help="video files with sound")
@@ -134,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             raise BadInput("--device cuda, but no CUDA device is available")
         results = predict(args.run, args.files, args.top_k, args.device, args.labels)
     except (BadInput, ConfigError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return refuse(err)
     if args.json:
         print(json.dumps(results, indent=1))
         return 0
