@@ -125,6 +125,7 @@ from pathlib import Path
 from deepspeed.runtime.engine import DeepSpeedEngine
 from mavil.config import load_config
 from mavil.engine.optim import param_groups
+from mavil.engine.run import plan_pretraining
 from mavil.engine.trainer import Trainer
 from mavil.model import MAViL
 
@@ -142,6 +143,7 @@ rank, world, device = 0, 1, torch.device("cpu")
 cfg = load_config("configs/tiny/stage1.json", ["train.compile=true", "train.global_batch=2", "train.micro_batch=2"])
 trainer = object.__new__(Plain)  # the trainer's DeepSpeed set-up alone: no data, no run directory
 trainer.cfg, trainer.rank, trainer.world, trainer.device = cfg, rank, world, device
+trainer.plan = plan_pretraining(cfg, world)
 torch.manual_seed(0)
 model = MAViL(cfg.model)
 keys = list(model.state_dict())
