@@ -3,20 +3,9 @@
     bash bench/gpu_check.sh              # on the GPU machine (the shell script makes `mavil` importable first)
     python -m bench.gpu_check --dry-run  # the same parts at tiny sizes on the CPU: proves the script runs
 
-Parts, each a subprocess with its own time budget (a part past its budget is stopped and recorded as such,
-the others still run):
-- tests: the kernel tests on CUDA tensors (every kernel against its reference, forward and backward, fp32 and
-  bf16) and every test marked `gpu` (the 16k-row InfoNCE memory bound, attention, fbank on CUDA);
-- kernels: `bench.kernels` at the paper's sizes, Triton against the PyTorch references;
-- train: `bench.train` model-only, stage 1 and stage 2 at per-GPU batch 64 in bf16, engine against reference,
-  eager against compiled, with and without activation checkpointing.
-Packages the machine lacks (DeepSpeed, PyAV, xformers, DALI) are named in the summary; the tests that need
-them are skipped or fail to collect, and the summary says which.
-
-Progress goes to the terminal and to gpu-check-<gpu>.log; gpu-check-<gpu>.json holds each part's status and
-seconds and is rewritten after every part, so a run stopped from outside keeps what finished. Results land in
-bench/results/ (a dry run writes to a temporary directory instead, leaving the committed results alone), and
-are copied to $OUT when that is set (the device tool's return folder).
+Parts (tests on CUDA, bench.kernels, bench.train), each a subprocess with its own time budget; missing packages are
+named in the summary. gpu-check-<gpu>.json (each part's status and seconds) is rewritten after every part; results
+land in bench/results/ (a dry run: a temporary directory) and are copied to $OUT when set. Details: docs/bench.md.
 """
 
 from __future__ import annotations

@@ -3,17 +3,10 @@
     python -m bench.kernels [--repeats 10] [--all]
     python -m bench.kernels --compile-only
 
---compile-only measures no time: it compiles every Triton kernel for sm_80 (A100) and sm_90 (H100/H200)
-without a GPU, driving the public functions at the paper's sizes (mavil.kernels.compile_targets) and the
-stage-1 model's own calls (`model_cases`), and writes registers, spill bytes and shared memory per kernel,
-target, dtype and size to bench/results/kernels-sm80-sm90.json, printing the markdown table.
-
-Per op and size: forward and forward+backward time on each path, the speed-up of Triton over the
-reference, achieved GB/s of the memory-bound ops (the bytes an ideal implementation must move)
-as a fraction of the device's measured copy bandwidth, and on CUDA the peak extra memory.
-On CUDA both paths run in bf16 (the training dtype). Without CUDA only the reference runs (the
-Triton interpreter measures nothing useful), in fp32, and the output says so; the 16k-row InfoNCE
-is then skipped unless --all. Results: bench/results/kernels-<cpu|cuda>.json.
+Per op and size: time on each path, Triton's speed-up, GB/s against the measured copy bandwidth, peak extra memory;
+bf16 on CUDA, reference only (fp32) without it. --compile-only compiles every Triton kernel for sm_80 and sm_90
+without a GPU and records registers, spills and shared memory (bench/results/kernels-sm80-sm90.json).
+Results: bench/results/kernels-<cpu|cuda>.json. Details: docs/bench.md, docs/kernels.md.
 """
 
 from __future__ import annotations

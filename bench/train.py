@@ -5,40 +5,11 @@
                           [--workers N] [--compile] [--grad-checkpointing] [--fresh] [section.key=value ...]
     python bench/train.py ...                                     # the same, as a script from the repository root
 
-The step is forward, backward and optimizer step: torch AdamW with the engine's parameter groups
-(mavil.engine.optim) over the model's parameters in the training dtype (bf16 on CUDA, as DeepSpeed's
-bf16 mode holds them; fp32 on the CPU). DeepSpeed is not in the timed loop: no fp32 master copy and no
-ZeRO partitioning (which exchanges nothing at world size 1). Stage 2 gets a teacher built in memory from
-a random stage-1 backbone (no file); the config's model.stage and model.teacher are ignored, --stages
-chooses. Per stage, each mode measured:
-- model: the step on random tensors already on the device;
-- end_to_end: the step fed by a loader from shards (the synthetic set unless --root; a set too small for
-  the steps is read epoch after epoch, skipping each epoch's partial last batch);
-on both paths, the engine's then the reference:
-- engine: MAVIL_KERNELS=auto (Triton on CUDA tensors, the PyTorch references elsewhere), the config's
-  attention (auto: xformers on CUDA, sdpa elsewhere), the DALI pipeline (mavil.data.pipeline.Loader);
-- reference: MAVIL_KERNELS=reference, attention "math", the reference loader (PyAV, torchaudio, DataLoader).
-Timed after --warmup steps, the device synchronised after each step (the engine reads each step's losses);
-with --repeats R the paths alternate R times and each reports its fastest round (for shared machines).
-Variants of the engine path, measured in the same run beside it when asked:
-- --compile: "compiled", the model under torch.compile in place (inductor, as train.compile=true runs it;
-  compilation happens in the first warmup step, reported as first_step_s, never timed): compiled / eager;
-- --grad-checkpointing: "checkpointed", model.grad_checkpointing=true: its activation and peak memory and its
-  speed against the engine path's.
-
-Reported per path: samples/s, tokens/s (input tokens of both modalities, as the engine logs them), model
-TFLOP/s from the exact count (mavil.model.flops: 3 x forward, the teacher 1 x), MFU against the dense
-matmul rate measured in this run (a large matmul in the training dtype), peak memory (CUDA:
-max_memory_allocated from the model's construction on; CPU: growth of the resident set, sampled from
-/proc, over the same span), and the engine / reference speed-up; end to end also as a fraction of the
-model-only rate of the same run; model only also activation memory, on any device: the bytes of the distinct
-storages autograd keeps for backward at the end of one forward (saved-tensor hooks, parameters excluded), what
-activation checkpointing lowers. --profile prints the top operators of one model-only step per path.
-
-Results: bench/results/train-<cpu|cuda>.json, .md (the table) and train-sweep-<cpu|cuda>.png (stage-1
-samples/s against per-device batch, model only, from --sweep). Records of earlier runs on the same device
-stay unless this run measures the same config, stage, mode and batch again (--fresh drops them): each
-carries its own date and commit, and its ratios come from within its run.
+Times forward, backward and a torch AdamW step (no DeepSpeed) per stage, on random tensors (model) or fed from
+shards (end_to_end), for the engine path (Triton kernels, the config's attention, DALI) and the reference path
+(PyTorch references, math attention, the reference loader); --compile and --grad-checkpointing add variants.
+Reports samples/s, tokens/s, TFLOP/s, MFU, memory and ratios to bench/results/train-<cpu|cuda>.json, .md and
+train-sweep-<cpu|cuda>.png. What exactly is timed and reported: docs/bench.md.
 """
 
 from __future__ import annotations

@@ -1,28 +1,11 @@
 """Checkpoints that a crash never leaves half-visible, and the consolidated export.
 
-Layout under the run directory:
-    checkpoints/<tag>/...            DeepSpeed's own sharded state (model, optimizer), our client state
-    checkpoints/<tag>/rng-rank<r>.pt each rank's RNG states (masking draws differ per rank)
-    checkpoints/<tag>/manifest.json  every other file of the tag with its size and sha256, written last
-    checkpoints/latest               the newest complete tag, replaced atomically after every rank finished
-    model.safetensors                the consolidated fp32 model, its config in the metadata (export)
-
-A checkpoint becomes the one resumed from only when `latest` names it, and `latest` is renamed into
-place after a barrier that every rank reaches once its files are written, so a crash mid-write
-leaves the previous checkpoint in charge.
-
-After a crash (kill -9 of any rank at any moment) the directory may hold a partial tag newer than
-`latest`. Nothing reads it: a relaunch resumes from `latest`, and when it reaches that step again the
-directory is emptied before it is written anew, so no file of the crashed write survives beside the new
-ones. Tags are `step<global step, 8 digits>`, so their names sort as their steps; `prune` keeps `latest`
-and the newest older tag before it, whatever the files' times, and leaves tags newer than `latest` alone
-(partial writes, overwritten when reached, or a run the user rolled back by editing `latest`).
-
-A checkpoint is trusted only when its manifest matches its files (`damage`). Resuming (`choose`) takes the tag
-`latest` names when it is intact; a damaged one (a file truncated, emptied, changed or gone, the manifest missing)
-is reported by name and the newest intact tag before it is used instead; a `latest` that is missing, unreadable or
-names no tag gives the newest intact tag, said so. A run directory that logged steps but holds no intact
-checkpoint is refused (`UnusableRun`) unless train.restart asks for a fresh start.
+Each checkpoint is a tag checkpoints/step<NNNNNNNN>/ (DeepSpeed's state, each rank's RNG states, a manifest of sizes
+and sha256 written last); checkpoints/latest names the newest complete one and is replaced atomically after every
+rank has written its files, so a crash mid-write leaves the previous checkpoint in charge. `prune` keeps `latest` and
+the tag before it. Resuming (`choose`) takes `latest` when its manifest matches its files (`damage`), else the
+newest intact tag before it; a run that logged steps but holds no intact checkpoint is `UnusableRun`.
+Details (layout, crashes, pruning, damage): docs/training.md#checkpoints.
 """
 
 from __future__ import annotations

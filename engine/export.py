@@ -3,15 +3,11 @@
     python -m mavil.engine.export RUN_DIR [--out PATH]
     python -m mavil.engine.export RUN_DIR --format av-superb [--out PATH] [--force]
 
---format av-superb writes the run's model (a pre-training run's encoders and fusion blocks; an audio+video
-fine-tuning run's, with fc_norm_av and head_av) as the .pth AV-SUPERB's MAViL expert loads, {'model': state
-dict} in its names (mavil.model.avsuperb), default RUN_DIR/mavil_av_superb.pth. A model whose states the expert
-would not compute (model.encoder_norm=true, not ViT-B, not 527 classes) is refused; --force writes it anyway
-and prints each difference.
-
-Pre-training exports by itself at the end; this is for a run that stopped early, or for any
-checkpoint (ZeRO stages 0-3: DeepSpeed's own zero_to_fp32 merges the shards). The model config
-comes from RUN_DIR/config.json and is stored in the file's metadata.
+For a run that stopped early, or any checkpoint (ZeRO stages 0-3, merged by DeepSpeed's zero_to_fp32); the model
+config comes from RUN_DIR/config.json and is stored in the file's metadata. --format av-superb writes the .pth
+AV-SUPERB's MAViL expert loads (mavil.model.avsuperb; default RUN_DIR/mavil_av_superb.pth): a pre-training run's
+encoders and fusion, or an audio+video fine-tuning run's with fc_norm_av and head_av. A model the expert would not
+compute the same (model.encoder_norm=true, not ViT-B, not 527 classes) is refused; --force writes it anyway.
 """
 
 from __future__ import annotations

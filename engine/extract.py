@@ -3,17 +3,10 @@
     python -m mavil.engine.extract --weights MODEL.safetensors --data SHARDS --out emb.safetensors
     python -m mavil.engine.extract --weights MODEL.safetensors a.mp4 b.mkv --out emb.npz [--layers] [--device cpu]
 
-Each clip gives `audio` and `video` (dim): the mean of the encoder's patch tokens ([CLS] excluded), the pooling of
-the pre-training contrastive loss; and `fusion` (2 * dim): the fusion outputs' audio mean || video mean. With
---layers also `audio_layers`, `video_layers` (clips, depth + 1, dim) and `fusion_layers` (clips, fusion depth + 1,
-2 * dim): the same means at every block's input and after the last block, as AV-SUPERB's expert returns them.
-`keys` holds the clip keys (shards) or the file paths, in order: a safetensors file stores them as JSON in its
-metadata, an .npz as an array of strings.
-
-Inputs go through evaluation's preprocessing: the reference loader with train=False (centre 4-s window, centre
-crop, no augmentation); a video file is first decoded and encoded as `prepare` stores a clip (2 fps VP9 frames,
-16-kHz FLAC), then read back like a shard's clip. Spectrograms are normalised with --audio-mean/--audio-std
-(default AudioSet's).
+Each clip gives `audio` and `video` (the encoders' mean patch token) and `fusion` (the fused audio and video means,
+concatenated); --layers adds the same means at every block, as AV-SUPERB's expert returns them; `keys` holds the clip
+keys or file paths in order. Inputs go through evaluation's preprocessing (a video file is first stored as `prepare`
+stores a clip). The output layout: docs/model.md#embeddings.
 """
 
 from __future__ import annotations

@@ -4,14 +4,10 @@ audio-video retrieval, from a pre-training export (or from random initialisation
     deepspeed engine/finetune.py --config configs/finetune/as20k.json finetune.init=runs/stage2/model.safetensors
     python engine/finetune.py --config configs/tiny/finetune.json finetune.mode=video
 
-Only the pre-trained encoders are kept; their tokens are average-pooled into a linear head (audio+video:
-through a 3-layer Transformer over both first, the video encoder at half the lr). Training adds the
-fine-tuning masking (audio: 20% of time rows and frequency columns of patches; video: 20% of tokens),
-SpecAugment, mixup with BCE (or CE without mixup), noise where the config says, the magnitude augmentation
-(a random waveform gain, `finetune.magnitude_db`), and the weighted sampler of App. B or, for SPC, the
-repetition of small classes (Table 10's *, `finetune.balance_fraction`). The loop, checkpoints and resume
-are `trainer.Trainer`'s; after the last epoch the model is exported and evaluated on the evaluation set
-(`evaluate.py`), the scores written to RUN_DIR/eval.json.
+Only the pre-trained encoders are kept (`mavil.model.classifier`); training adds the fine-tuning masking and
+augmentations the config names. The loop, checkpoints and resume are `trainer.Trainer`'s; after the last epoch the
+model is exported and evaluated (`evaluate.py`), the scores written to RUN_DIR/eval.json. Details:
+docs/training.md#fine-tuning.
 """
 
 from __future__ import annotations

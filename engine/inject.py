@@ -1,25 +1,10 @@
 """Fault injection for the reliability tests: poison a loss, or SIGKILL this process at a named point.
 
-The environment variable MAVIL_INJECT holds faults separated by ';', each `kind:key=value:key=value`:
-
-    nan_loss:step=S[:rank=R]         the loss of optimizer step S's first micro-batch on rank R becomes NaN
-    kill:point=P:step=S[:rank=R]     SIGKILL of rank R when it reaches point P of optimizer step S
-    term:step=S[:rank=R]             SIGTERM to rank R itself after the backward of step S's first micro-batch
-    term_launcher:step=S[:rank=R]    the same moment, SIGTERM to the `deepspeed` command only (R's grandparent)
-    disk_full:step=0                 the disk reports no free space (the checkpoints' free-space check)
-
-`step` is the 1-based optimizer step the point belongs to: the step being computed for `backward`, the step a
-checkpoint holds for the checkpoint points, the last step for `export`; `rank` defaults to 0. The points:
-
-    backward            after the backward of the step's first micro-batch, before DeepSpeed's step
-                        (mid-step: with accumulation, half-way through the step's micro-batches)
-    checkpoint_files    this rank's DeepSpeed files of the checkpoint written, its RNG file not yet
-    checkpoint_written  every rank's files written, `latest` not yet replaced (a rank-0 point)
-    latest              `latest` just replaced, older checkpoints not yet pruned (a rank-0 point)
-    export              the run finished and checkpointed, the export not yet written
-
-Example: MAVIL_INJECT="nan_loss:step=3:rank=1;kill:point=latest:step=5". Without the variable every hook
-returns at once. A malformed value raises ValueError naming the variable and the fault.
+MAVIL_INJECT holds faults separated by ';', each `kind:key=value:key=value` (kinds nan_loss, kill, term,
+term_launcher, disk_full; points backward, checkpoint_files, checkpoint_written, latest, export), e.g.
+MAVIL_INJECT="nan_loss:step=3:rank=1;kill:point=latest:step=5". Without the variable every hook returns at once.
+A malformed value raises ValueError naming the variable and the fault. The kinds and points, and which step a point
+belongs to: docs/training.md#fault-injection-for-the-reliability-tests.
 """
 
 from __future__ import annotations

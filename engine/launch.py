@@ -1,11 +1,11 @@
-"""What every entry point does before training: the process group, this rank's device, the data.
+"""What every entry point does before training: the process group and this rank's device.
 
 Under the `deepspeed` launcher the environment names the rank and world; run as a plain script, a
 single process group of one is made on the loopback, so `python engine/pretrain.py ...` works too.
 
 The device is the run's choice (train.device), never a fallback: "cuda" is one GPU per rank and is refused
-before any work where torch sees none (`why_no_cuda` says why, `preflight` refuses); "cpu" trains on the CPU
-even where a GPU exists, with DeepSpeed's CPU accelerator.
+before any work where torch sees none (`why_no_cuda` says why, the run plan in `run.py` refuses); "cpu" trains on
+the CPU even where a GPU exists, with DeepSpeed's CPU accelerator.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ T = TypeVar("T")
 
 def init_distributed(device: str) -> tuple[int, int, torch.device]:
     """-> (rank, world size, this rank's device) for `device` (train.device): "cuda", the GPU LOCAL_RANK with
-    NCCL; "cpu", gloo. Raises RuntimeError for "cuda" where torch sees no GPU (preflight refuses that earlier)."""
+    NCCL; "cpu", gloo. Raises RuntimeError for "cuda" where torch sees no GPU (the run plan refuses it earlier)."""
     if device == "cuda" and (reason := why_no_cuda()) is not None:
         raise RuntimeError(f'train.device = "cuda": {reason}')
     deepspeed = require("deepspeed")

@@ -1,28 +1,9 @@
 """Numeric faults: an optimizer step whose loss or gradient is not finite is skipped, on every rank at once.
 
-How a step is skipped. DeepSpeed's ZeRO stage 1 and 2 optimizer (0.19.8) refuses by itself a step whose
-gradients are not finite: in fp32 through the global gradient norm (`zero_optimization.compute_grad_norm`, on
-by default), in bf16 through its overflow check (`bf16.check_grad_overflow`, on by default), in fp16 always
-(there its loss-scale search skips steps too, and they count here alike). Both are all-reduced over the
-data-parallel ranks, so all ranks agree. It then drops the accumulated gradients and
-leaves the weights, AdamW's moments and step count untouched; `engine.skipped_steps` counts the step and
-`engine.global_steps` still advances, so the lr schedule (a function of the data position) and the checkpoint
-names stay where the run without that batch has them. ZeRO stage 0 or 3, or those checks switched off, would
-apply the step: `check_deepspeed` refuses such a config.
-
-A non-finite loss need not give non-finite gradients (a NaN constant added to it leaves them finite), so each
-micro-batch's loss is checked before its backward: `loss_to_backward` multiplies it by 1 when finite
-(bit-exact) and by NaN otherwise, which makes every gradient of that rank NaN and the whole optimizer step
-(all its micro-batches, on every rank) one that DeepSpeed skips. That costs no collective and no host sync.
-
-What is recorded. Each rank keeps the loss parts of its micro-batches until the optimizer step ends
-(`StepGuard.close_step`): an applied step hands them to the metrics; a skipped one is gathered from every rank,
-printed to stderr by rank 0 and logged as an event line of metrics.jsonl:
-    {"event": "skipped_step", "step", "epoch", "reason", "skipped_steps" (the count so far), "in_a_row",
-     "losses": [each rank's loss parts averaged over the step's micro-batches]}
-with non-finite values as the strings "nan", "inf", "-inf" (JSON has no such numbers). The metrics lines
-carry `skipped_steps` too. `train.max_bad_steps` skipped steps in a row raise NonFiniteStop (exit status 3);
-the trainer writes checkpoints only after applied steps, so `checkpoints/latest` still names the last good state.
+DeepSpeed's ZeRO 1/2 optimizer skips a step with non-finite gradients by itself (`check_deepspeed` refuses configs
+where it would not); `loss_to_backward` turns a non-finite loss into NaN gradients so that its step is skipped too.
+`StepGuard` records each skipped step as a "skipped_step" event in metrics.jsonl and raises `NonFiniteStop`
+(exit status 3) after train.max_bad_steps of them in a row. Details: docs/training.md#numeric-faults-skipped-steps.
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
 """Stopping a run cleanly: SIGTERM (what SLURM and Kubernetes send before they kill a job) and SIGINT (Ctrl-C).
 
-A signal on any rank, sent by the launcher or straight to the ranks, asks every rank to stop: each rank finishes
-the optimizer step it is in, the ranks agree at the step's end (an all-reduced flag, `requested`), write a
-checkpoint there, print where to resume and exit with status `STATUS` (4). Relaunching the same command resumes
-from that checkpoint. A second signal, more than `REPEAT_S` seconds after the first, exits at once (status 128 +
-the signal's number) without a checkpoint; a signal repeated sooner is the same request arriving twice (the
-`deepspeed` launcher forwards a Ctrl-C that the ranks have already seen). A signal before training starts exits at
-once with one line: there is nothing to save yet.
-
-Ranks also stop when their launcher dies: a thread polls the parent process and, under the `deepspeed` command,
-its runner (the grandparent); when either is gone the rank stops as if signalled, and exits outright if it has not
-stopped `ORPHAN_GRACE_S` seconds later (a peer may have died with it), so no rank trains on as an orphan.
+A signal on any rank asks every rank to stop: each finishes its optimizer step, the ranks agree (`requested`), write
+a checkpoint and exit with status `STATUS` (4); relaunching resumes there. A second signal more than `REPEAT_S`
+seconds later exits at once without a checkpoint. A rank whose launcher dies stops likewise, and exits outright
+after `ORPHAN_GRACE_S`. Details: docs/training.md#stopping-signals-and-a-dead-launcher.
 """
 
 from __future__ import annotations

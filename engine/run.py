@@ -5,16 +5,8 @@
 A plan holds the DeepSpeed dict (batch fields derived for `world` ranks), the training and evaluation sets (shards
 or the embedded synthetic set; `DataSet.open` checks their health once, split over the ranks), the loader specs,
 the windows the health tally counts with, and the seed rule. Building it refuses, in one line (ConfigError naming
-file, key and value, or MissingDependency naming the pip requirement; exit status 2), what cannot run:
-- files the config names: shard directories whose manifests list shards that exist (classification: classes, the
-  same in both sets); model.teacher and finetune.init read from their headers alone, holding the parts the run
-  takes in this config's architecture (every differing key named; input sizes compared for a teacher only);
-  model.video_init / audio_init MAE-layout checkpoints that fit the encoders (shapes only);
-- the machine: train.device = "cuda" where torch sees no GPU (`launch.why_no_cuda` says why), attention "xformers"
-  without its kernels, DALI or DeepSpeed not importable;
-- the batch: train.global_batch a multiple of train.micro_batch x world, ZeRO settings under which DeepSpeed
-  skips a non-finite step (`numerics.check_deepspeed`), InfoNCE groups that fit the micro-batch and world;
-- train.output_dir: a directory, or nothing yet.
+file, key and value, or MissingDependency naming the pip requirement; exit status 2), what cannot run: the files the
+config names, the machine, the batch, the run directory. The checks, one by one: docs/training.md#the-run-plan.
 """
 
 from __future__ import annotations

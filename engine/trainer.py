@@ -4,24 +4,10 @@ A subclass says what to train and on what: `make_plan` (the run plan's builder, 
 `param_groups`, `epoch_loader` and `losses(batch)`; this class does the rest. A trainer is made from its plan (the
 training set's health opened first); the model and the DeepSpeed engine are built when `run` starts. The run
 directory (train.output_dir) gets config.json, metrics.jsonl, checkpoints/ and, at the end, model.safetensors.
-Relaunching the same command resumes from the newest complete checkpoint, data position and RNG states included,
-after any crash (see `checkpoint`); the logs are first cut back to that checkpoint's step. A relaunched run that had
-already reached train.max_steps only exports again.
-
-An optimizer step whose loss or gradient is not finite on any rank is skipped on all of them, and
-train.max_bad_steps of them in a row stop the run (`numerics`). Checkpoints are written only after applied
-steps: one due at a skipped step waits for the next applied one. `inject` holds the tests' fault hooks.
-
-SIGTERM or SIGINT on any rank, or the launcher's death, stops every rank after the current optimizer step with a
-checkpoint and exit status 4 (`preempt`). Rank 0 holds the run directory's lock (`runlock`) from before the process
-group starts: a second launch into it is refused. Exit statuses: 0 done, 2 refused (config, data, files, disk,
-run directory), 3 too many skipped steps, 4 stopped by a signal after its checkpoint.
-
-Every rank runs the same number of micro-batches per epoch, a whole number of accumulation windows:
-the fewest any rank has, rounded down to a multiple of the accumulation steps. That keeps the ranks'
-gradient exchanges paired and lets every epoch end on an optimizer step (so a checkpoint never holds
-half-accumulated gradients); it leaves out at most one batch plus one accumulation window's worth of
-a rank's clips per epoch, a different tail each epoch.
+Relaunching the same command resumes from the newest complete checkpoint (`checkpoint`). Non-finite steps are
+skipped (`numerics`); signals stop every rank after a checkpoint (`preempt`); `inject` holds the tests' fault hooks.
+Exit statuses: 0 done, 2 refused (config, data, files, disk, run directory), 3 too many skipped steps, 4 stopped by
+a signal after its checkpoint. The loop's rules (micro-batches per epoch, resume, locks): docs/training.md.
 """
 
 from __future__ import annotations

@@ -3,20 +3,9 @@
     python -m mavil.engine.visualize --run RUN_DIR [--out recon.png] [--mask-ratio 0.7] [--clips 4] [--seed 0]
     python -m mavil.engine.visualize --weights model.safetensors --config CONFIG [--data DIR] [--out recon.png]
 
-Per clip a group of three rows, each the video's T frames side by side and then the spectrogram:
-the original, the masked input (hidden patches grey) and the reconstruction (the decoder's
-predictions at the hidden patches, the visible patches pasted back from the original, as the paper
-shows). Clips are the first --clips of the evaluation loader (centre window, no augmentation) over
---data, by default the config's data (data.root, or the cached synthetic set of its synthetic_*
-settings). Input sizes and norm_pix_loss come from the model config stored in the weights file.
-
-Display units: video frames as RGB, the ImageNet normalisation undone and clipped to [0, 1];
-spectrograms as the model sees them, (log-mel - mean) / (2 std), time along x, frequency up, one
-colour scale per figure (the originals' range). A model trained with norm_pix_loss predicts each
-patch normalised by its own mean and variance; its predictions are rescaled with the mean and std
-of the original patch at the same position (as MAE's demos do), so each predicted patch borrows the
-original's level and contrast: the figure says so. Stage-2 models predict the teacher's features,
-not inputs, and are refused.
+Per clip three rows (original, masked input, reconstruction), each the video's frames and then the spectrogram, for
+the first --clips of the evaluation loader over --data (default: the config's data). Stage-2 models are refused.
+Display units and the norm_pix_loss rescaling: docs/training.md#reconstruction-figures.
 """
 
 from __future__ import annotations

@@ -2,19 +2,12 @@
 
     python -m mavil.kernels.compile_targets [--capability 80 90] [--cases MODULE:FUNCTION] [--json PATH]
 
-The public functions (masked_gather, masked_restore, info_nce, masked_mse) and their autograd backward
-run on CPU tensors at the paper's sizes under `compile_only(capability)`: Triton's active driver is a
-stand-in that reports the target (sm_80 = A100, sm_90 = H100/H200), and each kernel launch compiles
-what Triton would compile on that GPU (the signature, the 16-byte alignment and divisibility-by-16
-specialisations of the real tensors and sizes, the constexprs and options the launcher passes) with
-`triton.compile(ASTSource(...), target=...)` instead of running. The bundled ptxas -v then reads the
-PTX: registers per thread and spill bytes. Shared memory is what Triton asks at launch (its kernels
-use dynamic shared memory only). Nothing is launched, so outputs hold garbage and nothing is checked
-numerically: tests/kernels compare the kernels with their references.
-
-Triton's interpreter decides when a kernel is defined, so this needs a process in which TRITON_INTERPRET
-is unset before triton is imported (the test runs this module in a fresh interpreter). Each distinct
-specialisation compiles once per target; cases that launch it again reuse the result.
+The public functions (masked_gather, masked_restore, info_nce, masked_mse) and their autograd backward run on CPU
+tensors at the paper's sizes under `compile_only(capability)` (sm_80 = A100, sm_90 = H100/H200): each kernel launch
+compiles what Triton would compile on that GPU instead of running, and the bundled ptxas -v reports registers and
+spills. Nothing is launched, so outputs hold garbage and nothing is checked numerically (tests/kernels compare the
+kernels with their references). Needs a process in which TRITON_INTERPRET is unset before triton is imported.
+How it works: docs/kernels.md#compiling-for-sm_80-and-sm_90-without-a-gpu.
 """
 
 from __future__ import annotations

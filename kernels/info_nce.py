@@ -6,13 +6,8 @@ Row i of x (M, H) is a query, row i + offset of y (Nk, H) its positive, every ot
 negative. offset = 0 and M = Nk is the paper's in-batch form; with negatives gathered across
 data-parallel ranks, each rank holds its M queries against all Nk keys and offset = rank * M.
 `symmetric` averages L(x, y) and L(y, x) (same sizes only). Computed in fp32 whatever the input
-dtype; returns a 0-dim fp32 tensor.
-
-The reference materialises the M x Nk similarity. The Triton path never does: the forward streams
-key blocks through an online logsumexp (saving one lse per query), and the backward recomputes
-similarity tiles from the saved lse, one kernel for the query gradient and one for the keys, so
-extra memory stays O((M + Nk) * H). Sums are fp32; products IEEE fp32 for fp32 inputs, TF32 tensor
-cores for bf16/fp16 inputs (exact for the similarities: TF32 holds every bf16/fp16 value).
+dtype; returns a 0-dim fp32 tensor. The Triton path never materialises the M x Nk similarity (extra memory
+O((M + Nk) * H)); how: docs/kernels.md#the-triton-paths-op-by-op.
 """
 
 from __future__ import annotations

@@ -4,13 +4,9 @@
 
 The encoders call it on the patch embeddings so that adding the fixed positions and dropping the
 masked tokens are one pass. Backward: x's gradient is the output gradient scattered into zeros at
-ids_keep; pos's (when it requires grad) the sum of those over the batch. The Triton backward runs
-one program per (token, channel block) and loops over the batch, so it writes every element of
-x's gradient exactly once and reduces pos's without atomics (deterministic).
-
-x may be any strided (B, N, D) view, but only a last dim of stride 1 reads fast: Triton then specialises
-stride_xd to 1 and each thread loads its channels with vector loads; a transposed view (stride_xd = N)
-takes one scalar load per element. The patch embedding hands over contiguous tokens for this reason.
+ids_keep; pos's (when it requires grad) the sum of those over the batch, deterministic (no atomics).
+x may be any strided (B, N, D) view, but only a last dim of stride 1 reads fast (vector loads): pass contiguous
+tokens. Details: docs/kernels.md#the-triton-paths-op-by-op.
 """
 
 from __future__ import annotations

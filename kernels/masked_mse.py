@@ -4,12 +4,8 @@
 
 where t is the target, or with norm_pix each target token normalised by its own statistics,
 (t - mean) / sqrt(var + 1e-6) with the unbiased variance over d (the MAE convention). mask is 1
-on the tokens hidden from the encoder. Computed in fp32; returns a 0-dim fp32 tensor.
-
-The Triton path reads pred and target once forward (one program per token, the normalisation
-fused, unmasked tokens not loaded) and once backward, recomputing the normalised target instead
-of storing it. The target gets no gradient there (it is data or the frozen teacher's output); a
-target that requires grad runs the reference.
+on the tokens hidden from the encoder. Computed in fp32; returns a 0-dim fp32 tensor. The Triton path
+gives the target no gradient; a target that requires grad runs the reference (docs/kernels.md).
 """
 
 from __future__ import annotations

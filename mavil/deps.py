@@ -6,11 +6,8 @@ the pip requirement and the command that installs it, e.g.
     nvidia-dali-cuda130 is needed: import nvidia.dali.plugin.pytorch failed (No module named 'nvidia.dali');
     install it with: pip install nvidia-dali-cuda130==2.4.0
 
-The pinned versions are read from constraints.txt (the one list of versions; setup.py and scripts/setup.sh
-read it too), beside the package in a checkout, else from the installed distribution's requirements, which
-setup.py made from the same file. `DISTRIBUTIONS` only says which pip distribution provides which import
-name; no version is written here.
-
+Pinned versions come from constraints.txt beside the package in a checkout (the one list of versions), else from
+the installed distribution's requirements; `DISTRIBUTIONS` only maps import names to pip distributions.
 A leaf like `mavil.config`: it imports nothing of ours, so every part (kernels, model, data, engine) may use it.
 """
 

@@ -1,42 +1,10 @@
 """Log-mel filter banks for the audio encoder: Kaldi's, batched, in PyTorch on any device.
 
-The audio input of DESIGN.md is the Audio-MAE convention: `torchaudio.compliance.kaldi.fbank` with
-htk_compat, a Hanning window, 25 ms frames every 10 ms, 128 mel bins, no energy and no dither, applied
-to the clip after removing its mean. torchaudio computes one clip at a time on the CPU; `fbank` here
-computes a zero-padded batch at once, on whatever device the waveforms are, and equals torchaudio's
-result to float32 rounding (the tests hold it to that). It reproduces every step Kaldi takes:
-
-    framing        snip_edges: only frames that fit whole, F = 1 + (T - 400) // 160 at 16 kHz
-    DC offset      each frame minus its own mean (remove_dc_offset)
-    pre-emphasis   x[j] - 0.97 x[j-1], and x[0] - 0.97 x[0] for the first sample (Kaldi's rule; it cannot
-                   matter here, as the symmetric Hanning window is exactly 0 on the first sample)
-    window         torch.hann_window(400, periodic=False), as torchaudio builds 'hanning'
-    spectrum       |rfft|^2 after zero-padding the frame to the next power of two (512)
-    mel banks      Kaldi's triangles, linear in mel = 1127 ln(1 + f/700), 20 Hz to Nyquist, the Nyquist bin
-                   unweighted; computed in float32 by torchaudio's very expressions, so that the weights are
-                   torchaudio's to the bit (float64 ones differ by up to 1.4e-5, 2e-4 in log-mel)
-    log            of the mel energies floored at float32's epsilon (torch.finfo(float).eps)
-
-htk_compat only moves the energy column, and there is none (use_energy=False), so it changes nothing.
-On the CPU the result came out torchaudio's bit for bit on every test input (the same float32 operations
-in the same order); on a GPU cuFFT and cuBLAS round differently, and the tests hold it to the CPU result
-within the tolerances they allow against torchaudio.
-
-The clip mean that the Audio-MAE convention removes first cancels out in exact arithmetic (each frame
-loses its own mean anyway); it matters for float32 rounding alone, which a large DC offset would spoil.
-
-Why Kaldi-exact: the dataset means and stds used for normalising (AudioSet's -4.2677 and 4.5690 among
-them) and the Audio-MAE lineage's checkpoints were all made with this exact feature; a close but different
-filter bank would shift every input the model sees.
-
-On the CPU rows go through in chunks of about CPU_CHUNK_FRAMES frames so that the (frames, 400) working
-set stays in cache: a whole batch of 64 ten-second clips at once was three times slower than in chunks.
-On a GPU the batch goes through in one piece.
-
-Clips in a batch may differ in length: `lengths` gives each row's real samples (the rest is zero
-padding). The clip mean is taken over the real samples only, and frames that reach past a row's
-length are set to 0.0, which is what zero-padding each clip's fbank at the end would give;
-`to_model_input` then pads or cuts every row to 1024 frames and normalises.
+`fbank(waveforms, lengths)` equals `torchaudio.compliance.kaldi.fbank` with the Audio-MAE settings (htk_compat, Hanning
+window, 25 ms frames every 10 ms, 128 mel bins, no energy, no dither, clip mean removed) to float32 rounding, for a
+zero-padded batch at once: `lengths` gives each row's real samples, frames past a row's length are 0.0.
+`to_model_input` pads or cuts every row to 1024 frames and normalises.
+Details (each Kaldi step, why Kaldi-exact, CPU chunking): docs/data.md#fbank.
 """
 
 from __future__ import annotations

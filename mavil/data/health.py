@@ -1,48 +1,15 @@
 """Data health: which clips of a shard directory can be used as they are, which need a repair, which are skipped.
 
-DALI fails a whole batch when one of its samples fails to decode, so broken clips are best found before DALI sees
-them. `ensure_health(root)` checks every clip the DALI index files list, once (the result is cached), and every
-loader reads only the usable clips:
-
-  checked per clip  its members are listed (video, .flac, .json) and lie inside the tar (a truncated tar loses the
-                    clips past its end); the metadata parses; the video decodes with PyAV to at least one frame; the
-                    audio decodes to at least one sample, and to every sample its header declares (DALI refuses a
-                    FLAC stream that ends early, where PyAV alone might not). Noted: sample rate, channels, samples,
-                    frames.
-  without decoding  a clip that `prepare` or `synthetic` wrote was decoded back there, and what it decoded to is
-                    recorded beside its shard with each member's size and sha256 (`mavil.data.verify`); such a clip
-                    is trusted when its members are exactly those recorded, byte for byte (hashing is ~50x faster
-                    than decoding); its metadata is still checked. Every other clip (foreign shards, bytes changed
-                    since) is decoded in full.
-  unusable (skipped)  missing_video, missing_audio, missing_meta, truncated, meta_undecodable, video_empty,
-                    video_undecodable, audio_empty, audio_undecodable
-  repaired (used)   audio_resampled (another sample rate), audio_downmixed (several channels), short_audio (fewer
-                    samples than the model's audio window: the fbank is zero-padded at the end, as Audio-MAE pads),
-                    short_video (fewer frames than the video window: the window loops to the first frame). Repairs are
-                    the loaders' ordinary path: DALI's decoder resamples and averages channels, the reference loader
-                    does the same with torchaudio; short counts depend on the windows, so they are counted per run.
-  the report        health.json, one entry per shard keyed by the tar's and the index's size and mtime (a changed
-                    shard is checked again, an unchanged one never); written atomically into the dataset directory,
-                    or, where that is not writable, into <cache>/health/<name>-<hash>/ (mavil.data.synthetic's cache).
-                    Beside it, for each shard with a skipped clip, health-index/<shard>.idx: the DALI index of its
-                    usable clips only. The loaders pass those index files to DALI's reader, so its semantics (the
-                    split over ranks, shuffling, exact resume) hold over the usable clips unchanged; clip numbers
-                    (`ClipIndex`, `Loader(clips=...)`, the weighted draws) count the usable clips in manifest order.
-  the ceiling       `DataHealth.check_ceiling(max_bad_fraction)` refuses a set whose unusable fraction is above
-                    data.max_bad_fraction, naming the directory, the counts per kind and the report.
-  in the pipeline  a clip PyAV decodes and DALI does not (H.264 on a CPU-only DALI, a stream DALI's decoder
-                    refuses) is found by the loader when DALI fails its batch (`pipeline.Loader`): `DataHealth.drop`
-                    appends it to health-dropped.jsonl beside the report (every rank, under a lock); the run's tallies
-                    count it as decode_failed_in_pipeline, later loaders of the run leave it out (`reader_shards`),
-                    and the next `ensure_health` moves it to the unusable clips of the report (until its shard
-                    changes and is checked again).
+DALI fails a whole batch when one of its samples fails to decode, so `ensure_health(root)` checks every clip the
+DALI index files list before DALI sees them, once (cached in health.json, or in the cache where the directory is
+read-only), and every loader reads only the usable clips (health-index/). A clip whose bytes match what `prepare`
+or `synthetic` recorded is trusted without decoding; every other clip is decoded with PyAV. `check_ceiling` refuses
+a set above data.max_bad_fraction; `DataHealth.drop` records a clip that only DALI refuses.
+`ensure_health(root, distributed=True)`, called by every rank at once, splits the shards over the ranks.
 
     python -m mavil.data.health DIR [--workers N]      # check (or re-read) a set and print its counts
 
-Large sets are checked by a process pool (hashing where more than HASH_SERIAL_BELOW bytes, decoding where more than
-SERIAL_BELOW clips) with one progress bar; `ensure_health(root, distributed=True)`, called by every rank of a process
-group at once, splits the shards over the ranks too (rank 0 writes the report). A set checked beforehand with the
-command above starts at once.
+Details (the checks, the kinds, the report, the costs): docs/data_health.md.
 """
 
 from __future__ import annotations

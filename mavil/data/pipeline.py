@@ -3,30 +3,10 @@
     loader = Loader(root, LoaderSpec(batch_size=8), rank=0, world_size=1, seed=0)
     for batch in loader:   # Batch: {"audio": (B, 1, F, mel), "video": (B, 3, T, S, S), "label": (B, C), "key": [...]}
 
-In DALI (CPU pipeline without CUDA; GPU decode and augmentation with it):
-- `fn.readers.webdataset` over the usable clips of every shard (`mavil.data.health` leaves, for each shard
-  with a broken clip, a DALI index of its usable clips only: DALI fails a whole batch on one bad sample), split
-  per data-parallel rank (`shard_id`, `num_shards`). DALI's epoch semantics: the usable clips form one list;
-  in each epoch every rank reads one contiguous 1/world part of it, the parts rotating across epochs (so
-  together the ranks see every clip exactly once per epoch, disjointly), shuffled within a buffer of
-  `shuffle_buffer` clips seeded by `seed`.
-  The last batch of a rank is partial, never padded with repeats.
-  A clip that DALI fails to decode although the health check accepted it is dropped from its batch and from
-  later epochs, the batch count kept (see `Loader`, docs/data_health.md).
-- video: decode every frame of the clip (stored at 2 fps), take `video_frames` consecutive frames from a random
-  start where a whole window fits, [0, frames - video_frames] (in evaluation the centre window, or `eval_clips`
-  uniformly spaced windows for multi-clip inference); a clip shorter than the window starts anywhere in it and
-  loops cyclically to its beginning (App. B); training: random resized crop (area `crop_scale`, aspect 3/4..4/3) and a
-  horizontal flip with `flip_prob`; evaluation: resize the short side and centre crop; ImageNet
-  mean/std normalisation; layout C, T, H, W.
-- audio: decode to 16 kHz mono float (other rates resampled, several channels averaged: the repairs the
-  health check counts), in training scaled by a random gain of up to `gain_db` decibels either way (the
-  paper's fine-tuning "magnitude augmentation"; 0 = off, as in pre-training), padded with zeros to the longest
-  clip of the batch; the real length travels beside it.
-After DALI, in PyTorch on the same device: in training each waveform rolled circularly over its real samples by
-a random shift (the paper's "R", done on the waveform before the fbank as Audio-MAE does, so the zero padding of a
-short clip stays at its end), the Kaldi-exact fbank of each clip (mean removed over its real samples,
-`mavil.data.fbank`), cut or zero-padded to `audio_frames`, normalised as (x - mean) / (2 * std).
+DALI reads the usable clips of every shard (`mavil.data.health`), each rank a disjoint part per epoch, shuffled in a
+seeded buffer, the last batch partial; it decodes and augments video (window, crop, flip; centre in evaluation) and
+decodes audio; then, in PyTorch on the same device, the waveform roll ("R"), the Kaldi-exact fbank
+(`mavil.data.fbank`) and the normalisation. Details: docs/data.md#the-dali-pipeline.
 """
 
 from __future__ import annotations
@@ -230,15 +210,9 @@ class Loader:
     weighted draws) the loader reads exactly those clips in that order instead, whole batches only (a partial last
     batch is left out). Only usable clips are read (`health`: the directory's `DataHealth`, checked here if None).
 
-    A clip that the health check accepts (PyAV decodes it) but DALI fails on (say H.264 on a CPU-only DALI) fails
-    its whole batch. The loader then finds it: DALI's error names the sample where the reader gave it; otherwise
-    each clip of the batch is decoded alone. The clip is dropped (`DataHealth.drop`: counted as
-    decode_failed_in_pipeline, left out by the next epochs' loaders and by the next health check), and the batch is
-    decoded again without it: one clip fewer, never another clip in its place, so every other clip is still read
-    exactly once and every rank yields the `len(loader)` batches it announced (the engine's step count holds). A
-    batch that loses every clip is replaced by a repeat of a neighbouring batch. After a failure the reader's order
-    is followed by a second, order-only reader (the same seed, split and shuffle, reading the .json members only),
-    and the clips are decoded through an external source in that order.
+    A clip that DALI fails on although the health check accepted it is dropped from its batch (`DataHealth.drop`)
+    and from later epochs; the batch count holds, so every rank yields the `len(loader)` batches it announced.
+    Details: docs/data_health.md, "A clip that only DALI refuses".
     """
 
     def __init__(

@@ -5,32 +5,11 @@
     python -m mavil.data.prepare vggsound.csv --downloads DIR --split train --out DIR
     python -m mavil.data.prepare merge DIR          # after every --part K/N of DIR has finished
 
-SRC is a folder of videos (no labels), a CSV `path,labels` (labels separated by ';'), AudioSet's segment CSV with
-its class index, or VGGSound's CSV; `mavil.data.sources` says how each is read and which rows are refused.
-
-Per file (or segment of one): the video is sampled at 2 fps by taking, for each time i/2 s from the first frame (or
-the segment's start) to the end, the last frame shown at or before it; turned upright as its display matrix says
-(phone video); resized to short side 256 keeping the aspect ratio (even width and height) and encoded as VP9. The
-audio is downmixed to mono, resampled to 16 kHz, aligned to the video (padded or cut at the start) and encoded as
-FLAC. An output time less than 50 ms before the stream's end makes no frame (an 8.0-s clip whose last frame lasts
-to 8.012 s has 16). A clip's key is its path below SRC (or as written in the CSV) without the extension, every
-character other than letters, digits, '-' and '_' replaced by '_' (a YouTube id as it is), made unique with a
-suffix -2, -3, ...
-
-Files that cannot be used (empty, not decodable, no video or no audio stream, longer than --max-duration) are
-skipped and listed in the manifest's "skipped" with the reason; downloads that are not there are listed in
-missing.txt.
-
-Every clip written is decoded back in the worker that encoded it, and what it decodes to (frames, samples, rate,
-channels), its labels and duration, and each member's size and sha256 are recorded beside its shard
-(shard-NNNNNN.verified.json, `mavil.data.verify`): `mavil.data.health` then checks the set without decoding it
-again, decoding only the clips whose bytes no longer match.
-
-Interruptions and parts: every finished shard is recorded in prepare-progress.jsonl beside prepare-state.json (the
-settings); a run given an --out that holds an unfinished run of the same settings resumes it (finished shards kept,
-the one being written redone) and refuses other settings, naming the first that differs. `--part K/N` prepares the
-K-th of N contiguous runs of the sources (keys and label numbers are those of the whole list) into
-DIR/part-K-of-N; `merge DIR` then writes DIR/manifest.json over all parts.
+SRC is a folder of videos, a CSV `path,labels`, AudioSet's segment CSV with its class index, or VGGSound's CSV
+(`mavil.data.sources`). Each clip becomes 2-fps VP9 video (short side 256) and 16-kHz mono FLAC, decoded back and
+recorded beside its shard for `mavil.data.health`. Unusable files are listed in the manifest's "skipped", absent
+downloads in missing.txt; the exit status is the number skipped. An interrupted run resumes when rerun with the same
+settings. Details (encoding, keys, parts, resume): docs/prepare.md.
 """
 
 from __future__ import annotations

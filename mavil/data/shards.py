@@ -1,26 +1,11 @@
 """WebDataset shards: the one on-disk format that `prepare`, `synthetic` and every loader share.
 
-A dataset directory holds
-    shard-000000.tar, shard-000000.idx, ...   tar shards and their DALI index files
-    shard-000000.verified.json, ...           what `prepare`/`synthetic` verified of each clip they wrote (decoded
-                                              frames and samples, labels, duration; each member's size and sha256):
-                                              `mavil.data.health` trusts it for the clips whose bytes still match
-    manifest.json                             what is inside (below)
-    health.json, health-index/                added by `mavil.data.health`: which clips are usable (loaders read those)
-
-Per clip, tar members sharing the clip's key:
-    <key>.webm   VP9 video at 2 fps, short side 256 (decodes on CPU and GPU); or <key>.mp4 (H.264, GPU only)
-    <key>.flac   16 kHz mono audio
-    <key>.json   {"key", "labels": [class indices], "duration": seconds, "frames": n, "source": name},
-                 padded with spaces to META_BYTES so that batches of it have one shape
-
-manifest.json: {"version", "clips", "shards": [{"tar", "index", "clips", "verified"?}], "label_names", "encoding",
-                "skipped": [{"source", "reason"}]}, and from `prepare` also "label_ids" (AudioSet mids), "missing"
-                (downloads not there), "merged" (sources listed more than once). A shard's tar and index are paths
-                relative to the directory: a merge of `prepare --part` runs names them part-K-of-N/shard-....
-
-Sets made here and reports about sets that are not writable live in `default_cache_dir()` ($MAVIL_CACHE, else
-~/.cache/mavil): `synthetic`'s generated sets, `health`'s reports.
+A dataset directory holds shard-NNNNNN.tar with its DALI index (.idx) and verification record (.verified.json),
+and manifest.json (clips, shards, label names, encoding, skipped sources); `mavil.data.health` adds health.json and
+health-index/. Per clip, tar members share the clip's key: <key>.webm (VP9, 2 fps, short side 256) or <key>.mp4,
+<key>.flac (16 kHz mono) and <key>.json (labels, duration, frames, source; padded to META_BYTES). Generated sets
+and reports about read-only sets live in `default_cache_dir()` ($MAVIL_CACHE, else ~/.cache/mavil).
+The full format: docs/prepare.md#the-shard-format.
 """
 
 from __future__ import annotations

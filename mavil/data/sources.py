@@ -1,26 +1,13 @@
 """What `prepare` reads: which files become which clips, with which labels, in four formats.
 
   folder     every file below it whose name does not start with '.', recursively, in sorted order; no labels
-  csv        header `path,labels` (more columns are ignored): paths relative to the CSV's folder or absolute; labels
-             separated by ';'. Label names are sorted, or in the class index's order with --class-index (the labels
-             may then be its mids or its display names)
-  audioset   AudioSet's segment CSVs as published (`# YTID, start_seconds, end_seconds, positive_labels`, comment
-             lines starting with '#', labels as "mid,mid"), its class index (`index,mid,display_name`: the label
-             names and their order) and a folder of downloads named by YTID (any extension, any depth)
-  vggsound   VGGSound's CSV as published (`ytid,start,label,split`, no header; a segment is 10 s from start), a
-             folder of downloads named by YTID; label names sorted over every row of the file (so the train and
-             test splits, prepared apart, share one numbering); --split keeps one split
+  csv        header `path,labels`, labels separated by ';' (--class-index gives their names' order)
+  audioset   AudioSet's segment CSVs and class index as published, a folder of downloads named by YTID
+  vggsound   VGGSound's CSV as published, a folder of downloads named by YTID; --split keeps one split
 
-Rules every format keeps (a broken rule is a `SourceError`, one line naming the file and line):
-  - labels are stripped; in a labeled set every row needs at least one and none may be empty; a cell that looks like
-    a list literal (`['dog'; 'cat']`) or a plain-CSV label with a ',' (a list with the wrong separator) is refused
-  - labels are case-sensitive; in the csv and vggsound formats two labels that differ only in case are refused
-    (AudioSet's mids are ids, compared exactly)
-  - a file (or segment) listed more than once becomes one clip with the union of its rows' labels, and a warning
-  - a download that is not there is not an error: the source has no path and is listed as missing
-  - a download lasting at least end - min(0.5 s, start / 2), or more than end - start + 1 s, is the full video and
-    is cut to [start, end); a shorter one is the segment already cut, and its first end - start seconds are used
-    (decided per file when it is decoded, from the container's duration)
+A broken rule (empty or list-literal labels, labels differing only in case, ...) is a `SourceError`, one line
+naming the file and line; a file listed twice becomes one clip with both rows' labels; a download that is not there
+is listed as missing. The rules, and when a download counts as the whole video: docs/prepare.md.
 """
 
 from __future__ import annotations

@@ -1,16 +1,8 @@
 """The embedded default dataset: K classes of audio-video clips generated locally, no download.
 
-A class fixes how a clip sounds and looks: the tone (fundamental, harmonic weights, decay) and the
-object (shape, colour). A clip draws its own events: onset times on the frame grid (0.3 to 0.8 per
-second, never at t=0), a loudness per event, a new position of the object per event, the object's
-size, the background and the noise. At each onset the audio has an attack, and the frame shown at
-that instant has the object at its new position, flashing (drawn lighter) for that one frame. So one
-clip's audio and video match beyond the class: clip-level retrieval is learnable.
-
-Class styles depend on the class index only, never on the seed: two seeds are two samples of the
-same classes (a train set and a test set). Classes are balanced: clip i has class i mod K.
-Deterministic by seed: clip i draws from a generator seeded with (seed, i), so the shards hold the
-same bytes whatever the number of workers.
+A class fixes the tone and the object; each clip draws its own events, where its sound's onsets and its object's
+jumps coincide, so clip-level retrieval is learnable. Clip i has class i mod K; its bytes depend on (seed, i) only.
+Details: docs/data.md#the-synthetic-set.
 
     python -m mavil.data.synthetic --out DIR --clips 1024 --classes 8 --seed 0 [--duration 10]
 

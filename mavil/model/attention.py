@@ -1,25 +1,13 @@
 """Scaled dot-product attention with pluggable backends, all on q, k, v of shape (B, L, H, Dh).
 
-- "xformers": xformers.ops.memory_efficient_attention, used only where it runs kernels of its own (below).
+- "xformers": xformers.ops.memory_efficient_attention, used only where it runs kernels of its own.
 - "sdpa": torch.nn.functional.scaled_dot_product_attention (PyTorch picks flash, efficient or math).
 - "math": the plain reference, softmax(q k^T / sqrt(Dh)) v computed in fp32.
 - "auto": xformers where it runs kernels of its own for the tensors' device, dtype and head size, else sdpa.
 
-What xformers runs: its memory_efficient_attention dispatches, on CUDA, to FlashAttention-3 (only with the
-separate flash_attn_3 package), FlashAttention-2 (the flash_attn package, else PyTorch's own flash kernel,
-named "fa2F@<version>-pt") or cutlass (in xformers 0.0.35 PyTorch's own memory-efficient kernel,
-"cutlassF-pt"); its C++/CUDA extension `xformers._C` holds no attention kernels, and loads only on the
-torch and CUDA build xformers was built for. Where the ops it would dispatch to are PyTorch's own, xformers
-is sdpa with extra Python around it: so xformers counts as runnable only where (1) its extension loads (the
-build matches this torch), (2) its dispatcher picks, forward and backward, kernels that are not PyTorch's
-(3) and those pass a forward and backward probe against the math reference (`why_xformers_cannot_run`).
-
-The choice is resolved once per (backend, device type, dtype, head size), outside any traced code: each
-attention module resolves it at its first eager call, or `vit.resolve_attention` before torch.compile, and then
-holds the chosen function. It is logged at INFO once per combination; where a GPU falls back to sdpa a
-warning says why, once per process (xformers' own import-time warning is muted: this one says it).
-"xformers" where it cannot run is an error; the engine refuses it before any work (`why_xformers_unavailable`).
-(B, L, H, Dh) is xformers' layout and what the fused qkv projection yields without a copy.
+The choice is resolved once per (backend, device type, dtype, head size), outside traced code, and logged once.
+"xformers" where it cannot run is an error (`why_xformers_unavailable`). When xformers counts as runnable, and why:
+docs/model.md#attention-backends.
 """
 
 from __future__ import annotations

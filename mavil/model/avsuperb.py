@@ -1,24 +1,10 @@
 """Our weights in the layout of AV-SUPERB's MAViL expert (roger-tseng/av-superb, upstream_models/mavil), and back.
 
-That expert builds the authors' ViT-MM model (timm 0.4.5 blocks) and loads `torch.load(path)['model']`. Names:
-
-    ours (a MAViL's keys start with "backbone.")        theirs
-    audio_encoder.patch_embed.proj.{weight,bias}        patch_embed.proj.*        (dim, 1, 16, 16)
-    audio_encoder.cls_token                             cls_token                 (1, 1, dim)
-    audio_encoder.pos (a buffer: fixed sin-cos)         pos_embed                 (1, 1 + 512, dim)
-    audio_encoder.transformer.blocks.N.*                blocks.N.*                (norm1, attn.qkv, attn.proj, norm2,
-                                                                                   mlp.fc1, mlp.fc2: the same names)
-    video_encoder.* as audio                            patch_embed_v.proj.* (dim, 3, 2, 16, 16), cls_token_v,
-                                                        pos_embed_v (1, 1 + 784, dim), blocks_v.N.*
-    fusion.blocks.N.*                                   blocks_av.N.*
-    fc_norm.*, head.* (audio+video classifier)          fc_norm_av.* (2 * dim), head_av.* (classes, 2 * dim)
-    dropped: *.transformer.norm.* (encoder_norm=True only), fusion.norm_audio/norm_video, the decoders
-
-The expert has no encoder final LayerNorm and feeds the encoders' raw block outputs, [CLS] tokens included, to
-its fusion blocks. Our model computes the same fusion states only with model.encoder_norm=False (vanilla
-fusion); `expert_problems` names every way a model's states would differ in the expert. Because a misnamed key
-would fail silently under a non-strict load, `to_avsuperb` checks every produced key and shape against
-`expected_layout` and maps or deliberately drops every key of ours.
+The expert builds the authors' ViT-MM model and loads `torch.load(path)['model']`. It computes our fusion states only
+for model.encoder_norm=False (vanilla fusion); `expert_problems` names every way a model would differ there.
+`to_avsuperb` maps or deliberately drops every key of ours and checks every produced key and shape against
+`expected_layout` (a misnamed key would fail silently under a non-strict load).
+The key mapping: docs/model.md#av-superbs-mavil-expert.
 """
 
 from __future__ import annotations

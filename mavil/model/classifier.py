@@ -1,16 +1,13 @@
 """The fine-tuning network (§4.3, App. B): the pre-trained encoders only, average-pooled tokens, a linear head.
 
 - audio / video: one encoder, the mean of its patch tokens ([CLS] excluded), LayerNorm, linear head.
-- audio+video: both encoders, then a `fusion_depth`-layer vanilla Transformer over their concatenated patch
-  tokens, the mean over all of them, LayerNorm, head (the paper's 3-layer fusion for audio+video).
-  With model.encoder_norm=False (the authors' ViT-MM layout, AV-SUPERB's expert): the encoders end without a
-  LayerNorm, the fusion blocks (no final norm) take both sequences with their [CLS] tokens, and each modality's
-  fused patch tokens are averaged on their own and concatenated: LayerNorm and head over 2 * dim.
+- audio+video: both encoders, then a `fusion_depth`-layer vanilla Transformer over their concatenated patch tokens,
+  the mean over all of them, LayerNorm, head. With model.encoder_norm=False (the authors' ViT-MM layout,
+  AV-SUPERB's expert) each modality's fused tokens are averaged on their own and concatenated (2 * dim).
 - retrieval: both encoders and no head; `embeddings` gives each modality's pooled tokens, trained with InfoNCE.
 
-The model owns its loss, as MAViL does: `forward(audio, video, label)` -> {"loss": ...}, and `predict` gives the
-outputs. Fine-tuning masking (training mode only) drops tokens before the encoders: audio by whole time rows and
-frequency columns of patches, video by random tokens over space and time.
+`forward(audio, video, label)` -> {"loss": ...}, masking tokens before the encoders in training mode (audio: whole
+time rows and frequency columns of patches; video: random tokens); `predict` gives the unmasked outputs.
 """
 
 from __future__ import annotations

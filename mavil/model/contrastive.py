@@ -1,19 +1,10 @@
 """InfoNCE over groups of a fixed number of clips (model.contrastive_group), whatever the cluster's shape.
 
-Eq. 2 contrasts each clip with the other clips of "the batch"; the paper does not say which batch. Its run (global
-batch 512 on 64 GPUs, 8 clips per GPU) computed the loss per GPU, so each query had 7 negatives. Contrasting within
-each rank's micro-batch would give 63 negatives to the same config on 8 GPUs (64 clips per micro-batch), and the
-loss (its scale, its difficulty, the temperature's meaning) would change with the number of GPUs.
-
-A group is `group` consecutive clips of one micro-step's batch, taken over the ranks in rank order:
-
-- micro-batch >= group (a multiple of it): the local micro-batch splits into micro_batch / group groups;
-- micro-batch < group (a divisor of it): group / micro_batch consecutive ranks form a group; their embeddings are
-  gathered with gradient (as `info_nce_global` gathers), each rank's queries contrasted with the group's keys.
-
-Each rank returns the mean over its queries; data-parallel averaging then gives the mean over every query of the
-global batch, each against the keys of its own group: the same on 1, 8 or 64 GPUs. group = None keeps the former
-behaviour: the rank's micro-batch, or every rank's with model.global_negatives.
+A group is `group` consecutive clips of one micro-step's batch, taken over the ranks in rank order: a micro-batch
+that is a multiple of `group` splits into groups; a micro-batch that divides it joins group / micro_batch
+consecutive ranks, their embeddings gathered with gradient. Each query is contrasted with its group's keys, so the
+loss is the same on 1, 8 or 64 GPUs. group = None: the rank's micro-batch, or every rank's with
+model.global_negatives. Why groups (the paper's 7 negatives per query): docs/model.md#contrastive-groups.
 """
 
 from __future__ import annotations

@@ -3,23 +3,8 @@
     python -m mavil.model.flops --config configs/stage1.json [--batch 64] [--json] [section.key=value ...]
     python -m mavil.model.flops --config configs/stage2.json       # stage 2: no teacher file needed for the count
 
-Convention (the usual one for model FLOPs and MFU):
-- a multiply-add is 2 FLOPs; counted are the matrix products, which are all but a fraction of a per cent
-  of the arithmetic: every linear layer, the patch embeddings (kernel = stride = patch: one matmul per
-  token), attention scores q k^T and attention-weighted values softmax(.) v, and the InfoNCE logits;
-  not counted: softmax, LayerNorm, GELU, residual adds, masking, position adds, the losses' elementwise work;
-- backward = 2 x forward (gradients of inputs and of weights), so a trained part costs 3 x its forward per
-  step. The stage-2 teacher runs forward only, on the full unmasked view, no backward: 1 x.
-  Exactly, the patch embeddings need no input gradient, so their backward is 1 x their forward, not 2 x;
-  the convention counts them as the other layers (tests/model/test_flops.py measures that difference).
-
-What runs per sample (paper §3, App. B; see mavil.py): the patch embeddings on all N tokens; each encoder
-on its K visible tokens + [CLS], and again on the second, disjoint view when beta > 0 (intra-modal loss);
-the fusion (vanilla: one joint sequence of both modalities; mbt: each modality + the bottleneck tokens,
-the same layer for both); each decoder's input projection on 1 + K fused tokens and its blocks on all
-N tokens + [CLS]; the heads on N tokens. Per batch: InfoNCE logits B x B x dim, once for the inter-modal
-loss (alpha > 0), twice for the intra-modal one (beta > 0). Stage 2 adds the teacher (its patch
-embeddings, encoders on 1 + N tokens, fusion) and predicts encoder_dim-wide features.
+Matrix products only, a multiply-add = 2 FLOPs, backward = 2 x forward (a trained part costs 3 x its forward), the
+stage-2 teacher forward only (1 x). The convention and what runs per sample: docs/model.md#flop-counting.
 """
 
 from __future__ import annotations

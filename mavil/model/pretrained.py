@@ -1,20 +1,10 @@
 """Encoders initialised from the ecosystem's checkpoints (model.video_init, model.audio_init).
 
-The paper (§4.2) starts the visual Transformer from the self-supervised MAE pre-trained on ImageNet; the audio
-one may start from AudioMAE. Both publish `{'model': state_dict}` .pth files with timm's ViT key names:
-
-    cls_token (1, 1, D)                  -> cls_token
-    patch_embed.proj.weight / .bias      -> patch_embed.proj.*   (video: a 2-D kernel (D, 3, 16, 16) inflated to the
-                                            tubelet (D, 3, t, 16, 16): repeated over time, divided by t, so that a
-                                            static clip embeds as its frame does)
-    blocks.N.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}.*  -> transformer.blocks.N.*  (the same layout)
-    norm.weight / .bias                  -> transformer.norm.*   (skipped where this model's encoders have none)
-    pos_embed                            -> not loaded: our positions are fixed; compared with ours and reported
-    decoder_*, mask_token, head.*, fc_norm.*, anything else -> skipped
-
-Files are read with `torch.load(weights_only=True)` (argparse.Namespace allowed, which AudioMAE's training
-checkpoints hold beside `model`). A tensor whose shape does not fit, or a depth that differs, is refused with the
-key and both shapes; keys of ours that the file does not supply keep their random initialisation and are reported.
+MAE (ImageNet, for the video encoder, §4.2) and AudioMAE publish `{'model': state_dict}` .pth files with timm's ViT
+key names; their patch embedding (a 2-D kernel inflated to the video tubelet), [CLS] token, blocks and final norm are
+loaded, positions are compared but not loaded (ours are fixed), the rest is skipped. A shape or depth that does not
+fit is refused with the key and both shapes; keys the file does not supply keep their initialisation and are
+reported. The key mapping: docs/model.md#encoders-from-mae-checkpoints.
 """
 
 from __future__ import annotations
