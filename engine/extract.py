@@ -21,6 +21,7 @@ import torch
 
 from ..cli import refuse
 from ..config import ConfigError, model_config_from_dict
+from ..files import atomic_write
 from ..data.pipeline import LoaderSpec, split_clips
 
 
@@ -101,15 +102,17 @@ def batches_from_files(files: list[Path], spec: LoaderSpec):
 def write(out: Path, tensors: dict[str, torch.Tensor], keys: list[str]) -> Path:
     """Writes the embeddings and keys: .safetensors (keys as JSON metadata) or .npz (keys as strings)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial{out.suffix}")
     if out.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial), metadata={"keys": json.dumps(keys)})
-    else:
-        np.savez(partial, keys=np.array(keys), **{k: v.numpy() for k, v in tensors.items()})
-    partial.replace(out)
-    return out
+        tensors = {k: v.contiguous() for k, v in tensors.items()}
+        return atomic_write(out, lambda partial: save_file(tensors, str(partial), metadata={"keys": json.dumps(keys)}))
+
+    def save_npz(partial: Path) -> None:
+        with open(partial, "wb") as file:  # a file object: np.savez appends .npz to a path
+            np.savez(file, keys=np.array(keys), **{k: v.numpy() for k, v in tensors.items()})
+
+    return atomic_write(out, save_npz)
 
 
 def extract(
