@@ -101,7 +101,8 @@ class Trainer:
         raise NotImplementedError
 
     def epoch_loader(self, epoch: int):
-        """An iterable of batches with len(), this rank's part of `epoch`, the same on every relaunch."""
+        """This rank's part of `epoch`, the same on every relaunch: an iterable of batches with len() and
+        full_batches (the batches of exactly train.micro_batch clips, first), as `Loader`."""
         raise NotImplementedError
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -129,13 +130,16 @@ class Trainer:
         return torch.bfloat16 if self.engine.bfloat16_enabled() else torch.float32
 
     def micro_steps(self, loader) -> int:
-        count = torch.tensor([len(loader)], device=self.device)
+        """Micro-batches every rank trains this epoch: whole micro-batches only (a rank's partial tail is left out),
+        the fewest any rank has, rounded down to whole accumulation windows."""
+        count = torch.tensor([loader.full_batches], device=self.device)
         dist.all_reduce(count, op=dist.ReduceOp.MIN)
         total = int(count) // self.accumulation * self.accumulation
         if total == 0:
             raise ConfigError(
-                f"{len(loader)} micro-batches on a rank, fewer than the {self.accumulation} accumulation "
-                f"steps of one optimizer step (train.global_batch too large for the data)"
+                f"{loader.full_batches} whole micro-batches of {self.cfg.train.micro_batch} clips on a rank, fewer "
+                f"than the {self.accumulation} accumulation steps of one optimizer step (train.global_batch too "
+                f"large for the data)"
             )
         return total
 

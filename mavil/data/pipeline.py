@@ -211,7 +211,9 @@ class Loader:
     batch is left out). Only usable clips are read (`health`: the directory's `DataHealth`, checked here if None).
 
     A clip that DALI fails on although the health check accepted it is dropped from its batch (`DataHealth.drop`)
-    and from later epochs; the batch count holds, so every rank yields the `len(loader)` batches it announced.
+    and from later epochs; the batch count holds. `len(loader)` is the same on every rank (DALI's count for the
+    largest part); a rank with a smaller part yields one batch fewer rather than DALI's empty one. `full_batches`:
+    the batches of exactly spec.batch_size clips, the ones a trainer steps on.
     Details: docs/data_health.md, "A clip that only DALI refuses".
     """
 
@@ -258,6 +260,16 @@ class Loader:
     def __len__(self) -> int:
         return self._length
 
+    @property
+    def full_batches(self) -> int:
+        """The batches of exactly spec.batch_size clips among the first `len(self)`: all of them, or all but a partial
+        last one (this rank's part of the usable clips is split as DALI splits it: clips [N*r/W, N*(r+1)/W))."""
+        if self._batches is not None:
+            return self._length
+        clips = sum(len(read_index(Path(index))) for index in self._index_paths)
+        rank_clips = clips * (self._rank + 1) // self._world - clips * self._rank // self._world
+        return rank_clips // self.spec.batch_size
+
     def __iter__(self):
         if self._batches is not None:
             yield from self._decoded(self._batches)
@@ -272,7 +284,8 @@ class Loader:
             except RuntimeError as error:  # DALI failed this batch (or one it prefetched)
                 self._failure = error
                 break
-            yield self._finish(outputs)
+            if len(outputs["meta"]):  # DALI ends a rank whose part is shorter than another's with an empty batch
+                yield self._finish(outputs)
             done += 1
         if self._order is None:  # the first failure: the order-only reader catches up to this epoch
             self._order = self._order_epochs()
@@ -313,7 +326,9 @@ class Loader:
         """Epoch after epoch: the reader's batches as lists of clip numbers."""
         iterator = self._order_iterator()
         while True:
-            batches = [[self._place(row) for row in outputs["place"]] for (outputs,) in iterator]
+            batches = [
+                [self._place(row) for row in outputs["place"]] for (outputs,) in iterator if len(outputs["place"])
+            ]
             clips = [[self._clip_at(tar, offset) for tar, offset, _ in batch] for batch in batches]
             for batch, numbers in zip(batches, clips):
                 for (tar, offset, name), clip in zip(batch, numbers):

@@ -152,6 +152,19 @@ def test_two_ranks_see_every_clip_once_per_epoch(clips):
     assert keys_per_epoch(clips, 0, 1, 1, 1) != keys_per_epoch(clips, 0, 1, 2, 1)  # the seed changes the order
 
 
+@pytest.mark.parametrize("batch, world", [(2, 1), (3, 1), (2, 2), (3, 2), (4, 3), (7, 1), (8, 1)])
+def test_full_batches_counts_the_batches_of_a_whole_micro_batch(clips, batch, world):
+    """7 clips: what the trainer steps on (whole batches only) is what each rank's loader really yields whole; a rank
+    with a smaller part than another's yields no empty batch at its end (DALI's would crash the fbank)."""
+    spec = LoaderSpec(batch_size=batch, audio_frames=64, video_frames=2, video_size=32, train=False)
+    for rank in range(world):
+        loader = Loader(clips, spec, rank=rank, world_size=world, device="cpu")
+        sizes = [len(b["key"]) for b in loader]
+        assert len(loader) - 1 <= len(sizes) <= len(loader) and 0 not in sizes, (rank, sizes)
+        assert sizes[: loader.full_batches] == [batch] * loader.full_batches, (rank, sizes)
+        assert loader.full_batches == sum(size == batch for size in sizes), (rank, sizes)
+
+
 def test_reference_loader_splits_ranks_like_dalis_first_epoch(clips):
     spec = LoaderSpec(batch_size=2, audio_frames=64, video_frames=2, video_size=32, train=False)
     ref = [[k for b in reference_loader(clips, spec, rank=r, world_size=2) for k in b["key"]] for r in (0, 1)]
