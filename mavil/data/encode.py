@@ -13,7 +13,6 @@ import numpy as np
 
 from ..deps import require
 
-av = require("av")  # PyAV; a missing one is named with its pip requirement and install command
 
 VIDEO_FPS = 2
 SHORT_SIDE = 256
@@ -33,6 +32,7 @@ ENCODING = {
 
 def encode_video(frames: np.ndarray, fps: int = VIDEO_FPS) -> bytes:
     """(T, H, W, 3) uint8 RGB frames, H and W even -> WebM (VP9) bytes."""
+    av = require("av")  # PyAV, where it is used: importing the encoders (and the synthetic set) needs none
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames: expected (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
     buffer = io.BytesIO()
@@ -57,6 +57,7 @@ def encode_video(frames: np.ndarray, fps: int = VIDEO_FPS) -> bytes:
 def encode_audio(waveform: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
     """(T,) float waveform in [-1, 1] -> FLAC bytes (16-bit, mono); a (2, T) waveform gives stereo (tests of
     shards that need a downmix)."""
+    av = require("av")  # PyAV, where it is used: importing the encoders (and the synthetic set) needs none
     if waveform.ndim != 1 and waveform.shape[0] != 2:
         raise ValueError(f"waveform: expected a mono (T,) or stereo (2, T) array, got shape {waveform.shape}")
     layout = "mono" if waveform.ndim == 1 else "stereo"

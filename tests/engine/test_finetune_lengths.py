@@ -55,7 +55,7 @@ def test_encoders_load_into_other_lengths_with_positions_for_the_new_grid(export
     assert logits.shape == (2, 5) and torch.isfinite(logits).all()
 
 
-def test_preflight_compares_what_makes_weights_incompatible(export, tmp_path):
+def test_the_run_plan_compares_what_makes_weights_incompatible(export, tmp_path):
     _, path = export
 
     def check(*overrides, parts=("audio_encoder",), same_grid=False):

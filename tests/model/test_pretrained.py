@@ -158,7 +158,7 @@ def test_refusals_name_key_and_shapes(tmp_path):
         check_init(config(**small, encoder_depth=2), "video_init", tmp_path / "junk.pth")
 
 
-def test_preflight_refuses_a_missing_or_unfitting_init_with_one_line(tmp_path):
+def test_the_run_plan_refuses_a_missing_or_unfitting_init_with_one_line(tmp_path):
     import subprocess
     import sys
 

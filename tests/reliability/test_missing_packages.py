@@ -54,7 +54,11 @@ def test_auto_attention_falls_back_to_sdpa_without_xformers_and_says_so_once():
 
 
 IMPORTS = [  # (absent package, code that needs it, the pinned requirement the message names)
-    ("av", "import mavil.data.encode", "pip install av==18.1.0"),
+    (
+        "av",
+        "import numpy; from mavil.data.encode import encode_audio; encode_audio(numpy.zeros(160))",
+        "pip install av==18.1.0",
+    ),
     ("torchaudio", "import mavil.data.reference", "pip install torchaudio==2.11.0"),
     ("triton", "import mavil.kernels", "pip install triton==3.6.0"),
     (
