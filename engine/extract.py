@@ -189,8 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.suffix not in (".safetensors", ".npz"):
         parser.error("--out must end in .safetensors or .npz")
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda, but no CUDA device is available", file=sys.stderr)
-        return 2
+        return refuse("--device cuda, but no CUDA device is available")
     try:
         out = extract(
             args.weights,
