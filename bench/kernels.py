@@ -23,9 +23,13 @@ from typing import Callable
 
 import torch
 
-from mavil.kernels import info_nce, masked_gather, masked_mse, masked_restore
+from mavil.deps import require
 
 from .common import RESULTS, copy_bandwidth, git_commit, median_seconds, peak_extra_bytes, write_result
+
+require("triton")  # named with its pip requirement where it does not import
+
+from mavil.kernels import info_nce, masked_gather, masked_mse, masked_restore  # noqa: E402
 
 B = 64  # per-GPU batch of the throughput targets
 

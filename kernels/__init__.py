@@ -8,11 +8,11 @@ must equal. The Triton kernels come behind these same functions; the model calls
 
 Each public function runs Triton on CUDA tensors and the reference elsewhere; MAVIL_KERNELS=
 reference|triton|auto (default auto) forces a path (see `_dispatch`). This package imports torch
-and triton only (and the leaf `mavil.deps`, which names the pip package when triton does not import);
-it knows no model.
+and triton only and knows no model; the packages above it (`mavil.model`, `bench.kernels`) name triton's pip
+requirement when it does not import.
 """
 
-from . import _dispatch  # noqa: F401 (first: it prepares Triton's interpreter and checks that triton imports)
+from . import _dispatch  # noqa: F401 (first: it prepares Triton's interpreter before any kernel is defined)
 from .info_nce import info_nce, info_nce_global, info_nce_reference
 from .masked_gather import masked_gather, masked_gather_reference
 from .masked_mse import masked_mse, masked_mse_reference

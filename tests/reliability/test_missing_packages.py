@@ -60,7 +60,7 @@ IMPORTS = [  # (absent package, code that needs it, the pinned requirement the m
         "pip install av==18.1.0",
     ),
     ("torchaudio", "import mavil.data.reference", "pip install torchaudio==2.11.0"),
-    ("triton", "import mavil.kernels", "pip install triton==3.6.0"),
+    ("triton", "import mavil.model", "pip install triton==3.6.0"),
     (
         "nvidia.dali",
         "from mavil.data.pipeline import Loader, LoaderSpec; Loader('nowhere', LoaderSpec(batch_size=2))",
