@@ -60,6 +60,32 @@ def _matches(kind: str, step: int, rank: int, point: str | None = None) -> bool:
     )
 
 
+def install(trainer) -> None:
+    """Wraps the trainer's `losses` and its engine's `backward` with the loop's faults (nothing without MAVIL_INJECT):
+    nan_loss poisons the loss of a step's first micro-batch; kill at point backward, term and term_launcher fire
+    after that micro-batch's backward. The loop itself calls no hook."""
+    if not faults():
+        return
+    losses, backward = trainer.losses, trainer.engine.backward
+
+    def first_micro_batch() -> tuple[bool, int]:  # -> (the step's first micro-batch?, the optimizer step it is in)
+        return not trainer.guard.window, trainer.engine.global_steps + 1
+
+    def poisoned_losses(batch):
+        first, step = first_micro_batch()
+        return poison_loss(losses(batch), step, trainer.rank) if first else losses(batch)
+
+    def backward_then_faults(loss, *args, **kwargs):
+        first, step = first_micro_batch()
+        result = backward(loss, *args, **kwargs)
+        if first:
+            kill_point("backward", step, trainer.rank)
+            signal_point(step, trainer.rank)
+        return result
+
+    trainer.losses, trainer.engine.backward = poisoned_losses, backward_then_faults
+
+
 def poison_loss(losses: dict[str, torch.Tensor], step: int, rank: int) -> dict[str, torch.Tensor]:
     """`losses` with "loss" made NaN where a nan_loss fault names this step and rank (call it for the step's first
     micro-batch only). NaN is added, so the gradient stays finite: the case only a check of the loss catches."""

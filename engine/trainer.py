@@ -61,6 +61,7 @@ class Trainer:
         model = self.build_model()
         checkpoint.seed_rng(self.plan.seed(rank))  # masks and mixing differ per rank
         self.engine = self._deepspeed(model)
+        inject.install(self)  # the reliability tests' faults around losses and backward; none without MAVIL_INJECT
         self.accumulation = self.engine.gradient_accumulation_steps()
         self.metrics = Metrics(
             self.run_dir / "metrics.jsonl", self.tokens_per_sample, self.device, self.flops_per_sample
@@ -207,14 +208,8 @@ class Trainer:
         if self.cfg.train.record_keys:
             with open(self.run_dir / f"keys-rank{self.rank}.jsonl", "a") as f:
                 f.write(json.dumps({"epoch": epoch, "step": self.engine.global_steps, "keys": batch["key"]}) + "\n")
-        step, first = self.engine.global_steps + 1, not self.guard.window  # the optimizer step it is part of
         losses = self.losses(batch)
-        if first:
-            losses = inject.poison_loss(losses, step, self.rank)
         self.engine.backward(loss_to_backward(losses["loss"]))
-        if first:
-            inject.kill_point("backward", step, self.rank)
-            inject.signal_point(step, self.rank)
         self.engine.step()
         self.guard.add(losses, len(batch["key"]))
 
