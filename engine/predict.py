@@ -22,7 +22,7 @@ import torch
 
 from ..cli import refuse
 from ..config import ConfigError
-from ..data.shards import default_cache_dir
+from ..data.synthetic import synthetic_dir
 from ..model.weights import read_header
 from .evaluate import load_run
 from .run import loader_spec
@@ -43,11 +43,6 @@ def check_run(run_dir: Path) -> None:
         )
 
 
-def _synthetic_dir(data: dict, seed: int, clips: int) -> Path:
-    name = f"synthetic-{clips}-{data['synthetic_classes']}-{seed}-{int(data['synthetic_duration'])}"
-    return default_cache_dir() / name  # where mavil.data.synthetic.ensure_synthetic keeps that set
-
-
 def class_names(run_dir: Path, classes: int, labels: Path | None = None) -> list[str]:
     """The names of the run's classes (see the module docstring), never generating a data set to find them."""
     if labels is not None:
@@ -61,11 +56,12 @@ def class_names(run_dir: Path, classes: int, labels: Path | None = None) -> list
     data, ft = raw.get("data", {}), raw.get("finetune", {})
     roots = [data.get("root"), ft.get("eval_root")]
     try:
+        duration = data["synthetic_duration"]
         roots += [
-            _synthetic_dir(data, data["synthetic_seed"], data["synthetic_clips"]),
-            _synthetic_dir(data, ft["eval_synthetic_seed"], ft["eval_synthetic_clips"]),
+            synthetic_dir(data["synthetic_clips"], data["synthetic_classes"], data["synthetic_seed"], duration),
+            synthetic_dir(ft["eval_synthetic_clips"], data["synthetic_classes"], ft["eval_synthetic_seed"], duration),
         ]
-    except KeyError:
+    except (KeyError, ValueError):  # an older config, or a duration no synthetic set has
         pass
     for root in roots:
         manifest = Path(root) / "manifest.json" if root else None

@@ -235,6 +235,13 @@ def checked_duration(duration: float) -> int:
     return int(duration)
 
 
+def synthetic_dir(clips: int, classes: int, seed: int, duration: float, cache_dir: str | Path | None = None) -> Path:
+    """Where `ensure_synthetic` keeps the set of these parameters (it may not exist yet):
+    cache_dir/synthetic-<clips>-<classes>-<seed>-<duration>, cache_dir None: default_cache_dir()."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return cache_dir / f"synthetic-{clips}-{classes}-{seed}-{checked_duration(duration)}"
+
+
 def ensure_synthetic(
     cache_dir: str | Path | None = None,
     clips: int = 64,
@@ -246,12 +253,12 @@ def ensure_synthetic(
 ) -> Path:
     """The directory of the synthetic set with these parameters, generated on the first call only.
 
-    Lives in cache_dir/synthetic-<clips>-<classes>-<seed>-<duration> (cache_dir None: default_cache_dir());
-    generated into a temporary directory beside it and renamed, so a half-written set is never found.
+    Lives in `synthetic_dir(...)`; generated into a temporary directory beside it and renamed, so a half-written set
+    is never found.
     """
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     duration = checked_duration(duration)
-    target = cache_dir / f"synthetic-{clips}-{classes}-{seed}-{duration}"
+    target = synthetic_dir(clips, classes, seed, duration, cache_dir)
+    cache_dir = target.parent
     if (target / MANIFEST).is_file():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
