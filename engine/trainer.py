@@ -133,12 +133,13 @@ class Trainer:
     def micro_steps(self, loader) -> int:
         """Micro-batches every rank trains this epoch: whole micro-batches only (a rank's partial tail is left out),
         the fewest any rank has, rounded down to whole accumulation windows."""
-        count = torch.tensor([loader.full_batches], device=self.device)
+        full = loader.full_batches
+        count = torch.tensor([full], device=self.device)
         dist.all_reduce(count, op=dist.ReduceOp.MIN)
         total = int(count) // self.accumulation * self.accumulation
         if total == 0:
             raise ConfigError(
-                f"{loader.full_batches} whole micro-batches of {self.cfg.train.micro_batch} clips on a rank, fewer "
+                f"{full} whole micro-batches of {self.cfg.train.micro_batch} clips on a rank, fewer "
                 f"than the {self.accumulation} accumulation steps of one optimizer step (train.global_batch too "
                 f"large for the data)"
             )

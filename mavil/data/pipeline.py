@@ -236,6 +236,7 @@ class Loader:
         self._device_id = (self.device.index or 0) if self.device.type == "cuda" else None
         self._rank, self._world, self._seed = rank, world_size, seed
         shards = self.health.reader_shards()
+        self._reader_clips = self.health.usable - len(self.health.dropped_in_run())  # the clips those shards list
         if not shards:
             raise ValueError(f"{self.root}: no usable clip (see {self.health.report})")
         self._paths, self._index_paths = [str(tar) for tar, _ in shards], [str(index) for _, index in shards]
@@ -263,12 +264,10 @@ class Loader:
     @property
     def full_batches(self) -> int:
         """The batches of exactly spec.batch_size clips among the first `len(self)`: all of them, or all but a partial
-        last one (this rank's part of the usable clips is split as DALI splits it: clips [N*r/W, N*(r+1)/W))."""
+        last one."""
         if self._batches is not None:
             return self._length
-        clips = sum(len(read_index(Path(index))) for index in self._index_paths)
-        rank_clips = clips * (self._rank + 1) // self._world - clips * self._rank // self._world
-        return rank_clips // self.spec.batch_size
+        return len(rank_part(self._reader_clips, self._rank, self._world)) // self.spec.batch_size
 
     def __iter__(self):
         if self._batches is not None:
@@ -506,6 +505,12 @@ def make_batch(audio: torch.Tensor, video: torch.Tensor, metas: list[dict], clas
 def model_inputs(batch: Batch, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(audio, video, label) of a batch in the model's dtype, the label on the audio's device."""
     return batch["audio"].to(dtype), batch["video"].to(dtype), batch["label"].to(batch["audio"].device)
+
+
+def rank_part(clips: int, rank: int, world: int) -> range:
+    """The clip numbers of `rank`'s part of `clips` clips over `world` ranks, contiguous, as DALI's reader splits its
+    list over shards: [clips * rank // world, clips * (rank + 1) // world)."""
+    return range(clips * rank // world, clips * (rank + 1) // world)
 
 
 def split_clips(video: torch.Tensor, spec: LoaderSpec) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from ..deps import require
 from .health import DataHealth, ensure_health
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
-from .pipeline import ClipIndex, LoaderSpec, make_batch, window_layout
+from .pipeline import ClipIndex, LoaderSpec, make_batch, rank_part, window_layout
 from .shards import VIDEO_EXTS, decode_meta
 
 av, torchaudio = require("av"), require("torchaudio")  # missing ones are named with their pip install commands
@@ -163,8 +163,8 @@ class ReferenceClips(torch.utils.data.IterableDataset):
         self.root, self.spec, self.seed = Path(root), spec, seed
         self.health = health or ensure_health(self.root, progress=False)
         self.manifest = self.health.manifest
-        total = self.health.usable
-        self.first, self.last = rank * total // world_size, (rank + 1) * total // world_size
+        part = rank_part(self.health.usable, rank, world_size)
+        self.first, self.last = part.start, part.stop
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
