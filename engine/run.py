@@ -174,22 +174,22 @@ def _evaluation_set(cfg: Config, data: Path | None) -> DataSet:
 
 
 NO_SHARDS = "no manifest.json there: not a shard directory"
-FILES = {  # key: (section, field, why a path is refused that holds no such thing)
-    "teacher": ("model", "teacher", "no such file"),
-    "finetune.init": ("finetune", "init", "no such file"),
-    "data.root": ("data", "root", f"{NO_SHARDS} (make one with python -m mavil.data.prepare)"),
-    "finetune.eval_root": ("finetune", "eval_root", NO_SHARDS),
+FILES = {  # key: (section, field, a shard directory (else a file), why a path is refused that holds no such thing)
+    "teacher": ("model", "teacher", False, "no such file"),
+    "finetune.init": ("finetune", "init", False, "no such file"),
+    "data.root": ("data", "root", True, f"{NO_SHARDS} (make one with python -m mavil.data.prepare)"),
+    "finetune.eval_root": ("finetune", "eval_root", True, NO_SHARDS),
 }
 
 
 def _check_files(cfg: Config, keys: tuple[str, ...]) -> None:
     """The files and shard directories the config names exist (their contents are checked later)."""
     for key in keys:
-        section, name, why = FILES[key]
+        section, name, shards, why = FILES[key]
         path = getattr(getattr(cfg, section), name)
         if path is None or (section == "model" and cfg.model.stage != 2):
             continue
-        is_there = Path(path).is_file() if why == "no such file" else (Path(path) / "manifest.json").is_file()
+        is_there = (Path(path) / "manifest.json").is_file() if shards else Path(path).is_file()
         Checker(cfg.source, section).that(name, path, is_there, why)
 
 
