@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from mavil.cli import refuse
 from mavil.config import ConfigError, load_config
 from mavil.data.pipeline import Loader
 from mavil.data.reference import reference_loader
@@ -22,7 +23,6 @@ from mavil.data.synthetic import ensure_synthetic
 from mavil.engine.run import loader_spec
 
 from .common import synchronize, write_result
-from mavil.cli import refuse
 
 
 def clips_per_second(batches, count: int, device: torch.device) -> dict:

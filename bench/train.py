@@ -34,6 +34,7 @@ if __package__ in (None, ""):  # run as a script: the repository root on the pat
 
 import torch
 
+from mavil.cli import refuse
 from mavil.config import Config, ConfigError, ModelConfig, load_config
 from mavil.engine.optim import param_groups
 from mavil.engine.run import loader_spec
@@ -45,7 +46,6 @@ from mavil.model.flops import step_flops
 from .common import RESULTS, device_name, device_suffix, git_commit, median_seconds, synchronize, write_result
 from .kernels import kernels_mode
 from .train_report import merge, read_previous, write_markdown, write_plot
-from mavil.cli import refuse
 
 PATHS = {  # what each path runs: MAVIL_KERNELS, attention (None: the config's), loader; the engine path's variants
     "engine": {"kernels": "auto", "attention": None, "loader": "dali"},

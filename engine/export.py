@@ -17,11 +17,11 @@ import json
 import sys
 from pathlib import Path
 
+from ..cli import refuse
 from ..config import ModelConfig
 from ..files import atomic_write
 from ..model import MAViL, save_weights
 from .checkpoint import choose
-from ..cli import refuse
 
 
 def export(run_dir: Path, out: Path | None = None) -> Path:

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..cli import refuse
 from ..config import Config, ConfigError, ModelConfig, load_config
 from ..model import build_model, save_weights
 from .optim import param_groups
-from ..cli import refuse
 
 
 def example_batch(cfg: ModelConfig, batch: int, seed: int) -> dict[str, torch.Tensor]:

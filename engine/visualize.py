@@ -21,6 +21,7 @@ import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from ..cli import refuse
 from ..config import ConfigError, ModelConfig, load_config, model_config_from_dict, num_visible
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from ..data.pipeline import Loader
@@ -29,7 +30,6 @@ from ..model import MAViL, read_weights
 from ..model.mavil import AUDIO_CHANNELS, VIDEO_CHANNELS
 from ..model.patch import unpatchify
 from .run import loader_spec, training_set
-from ..cli import refuse
 
 GREY = 0.5  # masked patches are RGB (0.5, 0.5, 0.5) in both modalities
 SPECTROGRAM_COLOURS = "viridis"  # holds no grey, so masked patches stand out

@@ -13,9 +13,8 @@ import json
 import math
 import sys
 
-from ..cli import config_parser
+from ..cli import config_parser, refuse
 from ..config import ConfigError, ModelConfig, load_config, num_visible
-from ..cli import refuse
 
 TRAINED, FORWARD_ONLY = 3, 1  # FLOPs per step as multiples of the forward: forward + 2 x forward backward; teacher
 # The paper's run per stage (§4.2, App. B): 64 A100s, ~20 hours, 20 epochs of AudioSet-2M (~2M clips).

@@ -13,10 +13,9 @@ import sys
 import torch
 from torch import nn
 
-from ..cli import config_parser
+from ..cli import config_parser, refuse
 from ..config import ConfigError, ModelConfig, load_config, num_visible
 from .mavil import MAViL
-from ..cli import refuse
 
 PAPER_PARAMETERS = {"encoders_and_fusion": 164_000_000, "decoders": 27_000_000}  # §4.2 and App. B
 
